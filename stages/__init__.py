@@ -1,0 +1,1 @@
+"""Task-specific knowledge distillation from BERT into BiLSTMs, as a DVC pipeline."""

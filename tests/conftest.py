@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_GLUE = REPO.parent / "shared" / "glue"
+
+
+def write_glue_split(root: Path, config: str, split: str, columns: dict[str, list]) -> Path:
+    """One split file in the Hub layout of nyu-mll/glue: <config>/<split>-00000-of-00001.parquet."""
+    path = Path(root) / config / f"{split}-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def pair_rows(col_a: str, col_b: str, n: int, num_labels: int, label: int | None = None) -> dict[str, list]:
+    return {
+        col_a: [f"first sentence number {i} ." for i in range(n)],
+        col_b: [f"second sentence number {i} ?" for i in range(n)],
+        "label": [(i % num_labels) if label is None else label for i in range(n)],
+        "idx": pa.array(range(n), pa.int32()),
+    }
+
+
+@pytest.fixture
+def glue_mirror(tmp_path: Path) -> Path:
+    """A small GLUE mirror with qqp and mnli (the configs not in ../shared/glue), Hub layout."""
+    root = tmp_path / "glue"
+    for split, n in [("train", 12), ("validation", 6), ("test", 5)]:
+        write_glue_split(root, "qqp", split, pair_rows("question1", "question2", n, 2, -1 if split == "test" else None))
+    for split, n in [("train", 12), ("validation_matched", 6), ("validation_mismatched", 7),
+                     ("test_matched", 4), ("test_mismatched", 3)]:
+        write_glue_split(root, "mnli", split, pair_rows("premise", "hypothesis", n, 3, -1 if split.startswith("test") else None))
+    return root
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "stages", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True)
+
+
+def write_params(path: Path, **sections) -> Path:
+    """A params.yaml holding the defaults with some sections overridden."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            params[key] = {**params[key], **value}
+        else:
+            params[key] = value
+    path.write_text(yaml.safe_dump(params))
+    return path
