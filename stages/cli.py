@@ -56,6 +56,33 @@ def download(task: str = TaskOption, params: Path = ParamsOption) -> None:
         typer.echo(f"{t.name}/{split}: {info['rows']} rows {info['labels']}")
 
 
+@app.command()
+def teacher(task: str = TaskOption, params: Path = ParamsOption) -> None:
+    """Fine-tune the BERT teacher (teacher.model) on data/raw/<task>/train and keep the best dev checkpoint.
+
+    Writes models/teacher/<task>/ (save_pretrained form, loadable with plain transformers) and
+    metrics/<task>/teacher.json. Runs data-parallel under `accelerate launch -m stages teacher ...`
+    or `torchrun -m stages teacher ...` with no change.
+    """
+    from stages.runtime import resolve_device
+    from stages.teacher import train_teacher
+
+    t = get_task(task)
+    p = load_params(params)
+    metrics = train_teacher(t, paths.raw_dir(t.name), paths.model_dir("teacher", t.name), params=p.teacher,
+                            device=resolve_device(p.device), seed=p.seed,
+                            live_dir=paths.metrics_dir(t.name) / "teacher_live")
+    if _is_main_process():
+        write_json({"task": t.name, **metrics}, paths.metrics_dir(t.name) / "teacher.json")
+        typer.echo(f"teacher {t.name}: {metrics}")
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main() -> None:
     try:
         app()

@@ -27,7 +27,7 @@ class DataParams(Section):
 
 class TeacherParams(Section):
     model: str = "all-MiniLM-L6-v2"
-    epochs: float = Field(3, gt=0)
+    epochs: float = Field(1, gt=0)
     lr: float = Field(5e-5, gt=0)
     lr_grid: list[float] = []  # the paper picks lr from {2,3,4,5}e-5 on dev; empty = just `lr`
     batch_size: int = Field(32, ge=1)

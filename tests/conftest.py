@@ -60,3 +60,27 @@ def write_params(path: Path, **sections) -> Path:
             params[key] = value
     path.write_text(yaml.safe_dump(params))
     return path
+
+
+SINGLE_WORDS = {1: ["good", "great", "fine", "lovely"], 0: ["bad", "awful", "dull", "poor"]}
+
+
+def synthetic_raw(raw_dir: Path, task, n_train: int = 48, n_dev: int = 16, seed: int = 0) -> Path:
+    """A raw split directory (RAW_SCHEMA) whose label is given by a sentiment word in text_a."""
+    import numpy as np
+
+    from stages.io import RAW_SCHEMA
+
+    rng = np.random.default_rng(seed)
+    raw_dir = Path(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    splits = {"train": n_train, **{name: n_dev for name in task.eval_splits}}
+    for split, n in splits.items():
+        labels = rng.integers(0, task.num_labels, n)
+        text_a = [f"the movie was {rng.choice(SINGLE_WORDS[int(l) % 2])} and the cast {rng.choice(['sang', 'ran', 'ate'])}"
+                  for l in labels]
+        text_b = [f"a {rng.choice(['short', 'long'])} story number {i}" for i in range(n)] if task.is_pair else [None] * n
+        table = pa.table({"text_a": text_a, "text_b": text_b, "label": labels.astype("int64"),
+                          "idx": np.arange(n, dtype="int64")}, schema=RAW_SCHEMA)
+        pq.write_table(table, raw_dir / f"{split}.parquet")
+    return raw_dir

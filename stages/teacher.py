@@ -1,0 +1,154 @@
+"""`teacher` stage: fine-tune a BERT-style encoder per task and keep the best dev checkpoint.
+
+Built on transformers' Trainer, so the same code runs on CPU, one GPU, or data-parallel under
+`accelerate launch` / `torchrun` with no change (see the README).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stages.errors import StageError
+from stages.io import RAW_SCHEMA, atomic_path, read_parquet
+from stages.metrics import task_metrics
+from stages.params import TeacherParams
+from stages.tasks import Task
+from stages.teacher_model import encode_pairs, load_for_classification, resolve_model
+
+
+class _Encoded(torch.utils.data.Dataset):
+    """Tokenised examples as dicts (input_ids, attention_mask, labels); padded per batch later."""
+
+    def __init__(self, encodings: dict, labels: np.ndarray):
+        self.rows = [
+            {**{k: v[i] for k, v in encodings.items()}, "labels": int(labels[i])} for i in range(len(labels))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def _read_split(raw_dir: Path, split: str, limit: int | None = None) -> pd.DataFrame:
+    df = read_parquet(Path(raw_dir) / f"{split}.parquet", RAW_SCHEMA, hint="run the download stage first").to_pandas()
+    return df.head(limit) if limit else df
+
+
+def _dataset(tokenizer, df: pd.DataFrame, task: Task, max_length: int) -> _Encoded:
+    texts_b = df["text_b"].tolist() if task.is_pair else None
+    return _Encoded(encode_pairs(tokenizer, df["text_a"].tolist(), texts_b, max_length), df["label"].to_numpy())
+
+
+def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: TeacherParams, lr: float,
+                device: torch.device, seed: int, live_dir: Path | None):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+    set_seed(seed)
+    tokenizer, model = load_for_classification(resolved, task.num_labels, task.label_names)
+    train = _dataset(tokenizer, _read_split(raw_dir, "train", params.max_train_examples), task, params.max_length)
+    evals = {name: _dataset(tokenizer, _read_split(raw_dir, name), task, params.max_length) for name in task.eval_splits}
+
+    batches_per_epoch = max(1, -(-len(train) // params.batch_size))
+    eval_steps = max(1, batches_per_epoch // params.evals_per_epoch)
+    selection = f"eval_{task.selection_split}_{task.metrics[0]}"
+
+    def compute_metrics(prediction) -> dict:
+        return task_metrics(task, prediction.label_ids, prediction.predictions.argmax(-1))
+
+    callbacks = []
+    if live_dir is not None:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        callbacks.append(DVCLiveCallback(live=Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)))
+    args = TrainingArguments(
+        output_dir=str(scratch),
+        num_train_epochs=params.epochs,
+        learning_rate=lr,
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=max(64, params.batch_size),
+        warmup_steps=params.warmup_ratio,  # a float below 1 is a ratio of all steps
+        weight_decay=params.weight_decay,
+        lr_scheduler_type="linear",
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=True,  # the paper's model selection: the best dev checkpoint
+        metric_for_best_model=selection,
+        greater_is_better=True,
+        logging_steps=max(1, eval_steps // 4),
+        train_sampling_strategy="group_by_length",  # similar lengths per batch: far less padding on CPU
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device.type == "cpu",
+        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
+                      train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
+                      compute_metrics=compute_metrics, callbacks=callbacks)
+    trainer.train()
+    final = {name: trainer.evaluate(evals[name], metric_key_prefix=name) for name in task.eval_splits}
+    dev = {name: {m: round(final[name][f"{name}_{m}"], 6) for m in task.metrics} for name in task.eval_splits}
+    return trainer, tokenizer, dev, len(train), trainer.state.best_global_step
+
+
+def train_teacher(task: Task, raw_dir: Path, out_dir: Path, *, params: TeacherParams, device: torch.device,
+                  seed: int = 42, live_dir: Path | None = None) -> dict:
+    """Fine-tune params.model on raw_dir/train.parquet, select on dev, save to out_dir (save_pretrained).
+
+    With params.lr_grid, one run per learning rate and the best on the selection split is kept.
+    Returns the teacher's metrics (dev scores, parameter count, time, model identity).
+    """
+    resolved = resolve_model(params.model)
+    out_dir = Path(out_dir)
+    scratch = out_dir.parent / f".{out_dir.name}.checkpoints"  # the same on every rank
+    start = time.perf_counter()
+    best = None
+    try:
+        for lr in params.lr_grid or [params.lr]:
+            trainer, tokenizer, dev, n_train, best_step = _train_once(
+                task, resolved, raw_dir, scratch / f"lr{lr:g}", params, lr, device, seed,
+                live_dir if len(params.lr_grid) <= 1 else None)
+            score = dev[task.selection_split][task.metrics[0]]
+            if best is None or score > best["score"]:
+                if best is not None:
+                    del best["trainer"]
+                best = dict(score=score, trainer=trainer, tokenizer=tokenizer, dev=dev, lr=lr, best_step=best_step)
+            else:
+                del trainer
+        trainer = best["trainer"]
+        if trainer.is_world_process_zero():
+            with atomic_path(out_dir, is_dir=True) as tmp:
+                trainer.save_model(str(tmp))  # model + tokenizer, loadable with plain transformers
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    model = trainer.model
+    revision = getattr(model.config, "_commit_hash", None)
+    return {
+        **best["dev"],
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "train_examples": n_train,
+        "lr": best["lr"],
+        "lr_grid": params.lr_grid,
+        "best_step": best["best_step"],
+        "epochs": params.epochs,
+        "model": resolved.name,
+        "model_source": resolved.origin,
+        # a Hub commit, or the path as given; packaged models are identified by package and version
+        "model_revision": revision if resolved.origin == "hub" else None,
+        "device": str(device),
+    }

