@@ -13,7 +13,7 @@ import typer
 
 from stages import paths
 from stages.errors import StageError
-from stages.io import write_json
+from stages.io import atomic_path, write_json
 from stages.params import load_params
 from stages.tasks import TASKS, get_task
 
@@ -75,6 +75,133 @@ def teacher(task: str = TaskOption, params: Path = ParamsOption) -> None:
     if _is_main_process():
         write_json({"task": t.name, **metrics}, paths.metrics_dir(t.name) / "teacher.json")
         typer.echo(f"teacher {t.name}: {metrics}")
+
+
+@app.command()
+def augment(task: str = TaskOption, params: Path = ParamsOption) -> None:
+    """Build the transfer set data/transfer/<task>.parquet with the paper's three rules.
+
+    Per word: mask (augment.p_mask) or a same-POS word from the training unigrams (augment.p_pos);
+    then, with augment.p_ng, keep one random n-gram. augment.n_iter rounds per example, duplicates
+    dropped, originals kept and marked; pairs cycle through first / second / both texts.
+    """
+    from stages.augment import augment as run_augment
+
+    t = get_task(task)
+    p = load_params(params)
+    a = p.augment
+    summary = run_augment(t, paths.raw_dir(t.name), paths.transfer_file(t.name), p_mask=a.p_mask, p_pos=a.p_pos,
+                          p_ng=a.p_ng, ngram_min=a.ngram_min, ngram_max=a.ngram_max, n_iter=a.n_iter,
+                          max_examples=a.max_examples, pos_model=a.pos_model, pos_batch_size=a.pos_batch_size,
+                          seed=p.seed)
+    write_json({"task": t.name, **summary}, paths.metrics_dir(t.name) / "augment.json")
+    typer.echo(f"augment {t.name}: {summary}")
+
+
+@app.command()
+def label(task: str = TaskOption, params: Path = ParamsOption) -> None:
+    """Label every transfer-set row with the teacher's logits: data/labeled/<task>.parquet.
+
+    Resumable: finished shards are kept under data/cache/label/ (keyed by teacher and input hashes),
+    so a killed run restarted on the same inputs only does what is left.
+    """
+    from stages.label import label as run_label
+    from stages.runtime import resolve_device
+
+    t = get_task(task)
+    p = load_params(params)
+    summary = run_label(t, paths.transfer_file(t.name), paths.model_dir("teacher", t.name), paths.labeled_file(t.name),
+                        device=resolve_device(p.device), batch_size=p.label.batch_size,
+                        shard_rows=p.label.shard_rows, max_length=p.teacher.max_length)
+    write_json({"task": t.name, **summary}, paths.metrics_dir(t.name) / "label.json")
+    typer.echo(f"label {t.name}: {summary}")
+
+
+def _train_bilstm(kind: str, task: str, params: Path) -> None:
+    from stages.runtime import resolve_device
+    from stages.student import train_student
+
+    t = get_task(task)
+    p = load_params(params)
+    distilled = kind == "student"
+    train_path = paths.labeled_file(t.name) if distilled else paths.raw_dir(t.name) / "train.parquet"
+    metrics = train_student(t, train_path, paths.raw_dir(t.name), paths.model_dir(kind, t.name), student=p.student,
+                            distill=p.distill, device=resolve_device(p.device), seed=p.seed,
+                            use_teacher_logits=distilled, live_dir=paths.metrics_dir(t.name) / f"{kind}_live")
+    write_json({"task": t.name, **metrics}, paths.metrics_dir(t.name) / f"{kind}.json")
+    typer.echo(f"{kind} {t.name}: {metrics}")
+
+
+@app.command()
+def student(task: str = TaskOption, params: Path = ParamsOption) -> None:
+    """Distil: train the BiLSTM student on the teacher's logits (data/labeled/<task>.parquet).
+
+    Loss = distill.alpha * CE(hard labels) + (1 - alpha) * logit loss (distill.loss: mse or kl);
+    pair tasks use the siamese BiLSTM. Writes models/student/<task>/ and metrics/<task>/student.json.
+    """
+    _train_bilstm("student", task, params)
+
+
+@app.command()
+def baseline(task: str = TaskOption, params: Path = ParamsOption) -> None:
+    """The paper's plain BiLSTM: the same student trained with cross-entropy on the original training set only."""
+    _train_bilstm("baseline", task, params)
+
+
+@app.command()
+def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
+    """Compare teacher, baseline and student: dev scores, parameters, size on disk, throughput.
+
+    Writes metrics/<task>/summary.json, summary.md (a table to read) and tradeoff.json (for dvc plots).
+    """
+    from stages.evaluate import evaluate as run_evaluate, markdown, tradeoff_rows
+    from stages.runtime import resolve_device
+
+    t = get_task(task)
+    p = load_params(params)
+    model_dirs = {kind: paths.model_dir(kind, t.name) for kind in ("teacher", "baseline", "student")}
+    summary = run_evaluate(t, paths.raw_dir(t.name), model_dirs, paths.metrics_dir(t.name),
+                           device=resolve_device(p.device), throughput_sentences=p.evaluate.throughput_sentences,
+                           batch_size=p.evaluate.batch_size, max_length=p.teacher.max_length)
+    out = paths.metrics_dir(t.name)
+    write_json(summary, out / "summary.json")
+    write_json({"models": tradeoff_rows(summary, t)}, out / "tradeoff.json")
+    text = markdown(summary, t)
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text(text)
+    typer.echo(text)
+
+
+@app.command()
+def predict(
+    texts: list[str] = typer.Argument(None, help="Sentences to classify; for pair tasks, 'first<TAB>second'."),
+    model: Path = typer.Option(Path("models/student/rt"), "--model", "-m", help="A student or baseline directory."),
+    file: Path = typer.Option(None, "--file", "-f", help="Read one example per line (pairs tab-separated); - = stdin."),
+    json_lines: bool = typer.Option(False, "--json", help="Print one JSON object per example."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+) -> None:
+    """Classify sentences (or sentence pairs) with a trained student: label and class probabilities."""
+    import json
+
+    from stages.predict import classify
+    from stages.runtime import resolve_device
+
+    lines = list(texts or [])
+    if file is not None:
+        source = sys.stdin if str(file) == "-" else None
+        try:
+            content = source.read() if source else file.read_text()
+        except OSError as e:
+            raise StageError(f"cannot read {file}: {e.strerror}") from None
+        lines += [line for line in content.splitlines() if line.strip()]
+    if not lines:
+        raise StageError("nothing to classify: give sentences as arguments or --file")
+    for row in classify(model, lines, resolve_device(device)):
+        if json_lines:
+            typer.echo(json.dumps(row))
+        else:
+            probs = "  ".join(f"{name}={p:.3f}" for name, p in row["probabilities"].items())
+            typer.echo(f"{row['label']}\t{probs}\t{row['text']}")
 
 
 def _is_main_process() -> bool:

@@ -29,6 +29,22 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 
+# data/transfer/<task>.parquet: the original training examples, then their augmented variants.
+TRANSFER_SCHEMA = pa.schema(
+    [
+        pa.field("text_a", pa.string(), nullable=False),
+        pa.field("text_b", pa.string()),
+        pa.field("is_original", pa.bool_(), nullable=False),
+        pa.field("label", pa.int64(), nullable=False),  # the hard label of originals, -1 for augmented rows
+        pa.field("source_idx", pa.int64(), nullable=False),  # raw `idx` of the example it came from
+    ]
+)
+
+# data/labeled/<task>.parquet: the transfer set plus the teacher's logits and argmax.
+LABELED_SCHEMA = TRANSFER_SCHEMA.append(pa.field("logits", pa.list_(pa.float32()), nullable=False)).append(
+    pa.field("teacher_label", pa.int64(), nullable=False)
+)
+
 
 @contextlib.contextmanager
 def atomic_path(final: Path, is_dir: bool = False) -> Iterator[Path]:

@@ -9,6 +9,9 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from stages.errors import StageError
 from stages.text import for_teacher
 
@@ -80,3 +83,37 @@ def encode_pairs(tokenizer, texts_a, texts_b, max_length: int) -> dict:
     first = [for_teacher(t, mask, unk) for t in texts_a]
     second = [for_teacher(t, mask, unk) for t in texts_b] if texts_b is not None else None
     return tokenizer(first, second, truncation=True, max_length=max_length)
+
+
+def length_sorted_batches(encodings: dict, batch_size: int, pad_token_id: int) -> list[tuple[np.ndarray, dict]]:
+    """Group rows of similar length into batches and pad each batch only to its own longest row.
+
+    Returns (row indices, tensors) pairs; sorting by length is what makes CPU inference cheap.
+    """
+    lengths = np.fromiter((len(ids) for ids in encodings["input_ids"]), dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = int(lengths[rows].max())
+        tensors = {}
+        for key, values in encodings.items():
+            fill = pad_token_id if key == "input_ids" else 0
+            block = np.full((len(rows), width), fill, dtype=np.int64)
+            for j, row in enumerate(rows):
+                block[j, : lengths[row]] = values[row]
+            tensors[key] = torch.from_numpy(block)
+        batches.append((rows, tensors))
+    return batches
+
+
+@torch.inference_mode()
+def batch_logits(model, batches, n_rows: int, device: torch.device, progress=None) -> np.ndarray:
+    """Run the classifier over prepared batches; logits come back in the original row order."""
+    out = np.empty((n_rows, model.config.num_labels), dtype=np.float32)
+    for rows, tensors in batches:
+        logits = model(**{k: v.to(device, non_blocking=True) for k, v in tensors.items()}).logits
+        out[rows] = logits.float().cpu().numpy()
+        if progress is not None:
+            progress.update(len(rows))
+    return out

@@ -1,0 +1,119 @@
+"""`label` stage: the teacher's logits for every transfer-set row, stored beside the text.
+
+Labeling millions of rows takes hours on a CPU, so the work is cut into shards that are written as
+they finish, under a key made of the teacher's and the input's hashes: a killed run restarted on the
+same inputs skips the finished shards, and the output appears only once, whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from stages.errors import StageError
+from stages.io import LABELED_SCHEMA, TRANSFER_SCHEMA, read_parquet, write_parquet
+from stages.tasks import Task
+from stages.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
+                                  load_for_classification)
+
+
+def _file_digest(path: Path, digest) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+
+
+def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int) -> str:
+    """Hash of everything that decides the logits: the transfer file, the teacher's files, max_length."""
+    digest = hashlib.sha256(f"max_length={max_length}".encode())
+    for path in [Path(transfer_path), *sorted(p for p in Path(teacher_dir).rglob("*") if p.is_file())]:
+        digest.update(path.name.encode())
+        _file_digest(path, digest)
+    return digest.hexdigest()[:20]
+
+
+def load_teacher(teacher_dir: Path, device: torch.device):
+    if not (Path(teacher_dir) / "config.json").exists():
+        raise StageError(f"no trained teacher in {teacher_dir}: run the teacher stage first")
+    tokenizer, model = load_for_classification(ResolvedModel(str(teacher_dir), str(teacher_dir), "local path"))
+    return tokenizer, model.to(device).eval()
+
+
+def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *, device: torch.device,
+          batch_size: int = 256, shard_rows: int = 16384, max_length: int = 128,
+          cache_root: Path = Path("data/cache/label")) -> dict:
+    """Write out_path = the transfer set + `logits` (float32 list) + `teacher_label`; return timings."""
+    transfer = read_parquet(transfer_path, TRANSFER_SCHEMA, hint="run the augment stage first")
+    if transfer.num_rows == 0:
+        raise StageError(f"{transfer_path}: the transfer set is empty")
+    tokenizer, model = load_teacher(teacher_dir, device)
+    if model.config.num_labels != task.num_labels:
+        raise StageError(f"teacher in {teacher_dir} has {model.config.num_labels} labels, task {task.name} has {task.num_labels}")
+
+    key = labeling_key(transfer_path, teacher_dir, max_length)
+    cache = Path(cache_root) / f"{task.name}-{key}"
+    for stale in Path(cache_root).glob(f"{task.name}-*"):  # shards of other inputs can never be reused
+        if stale != cache:
+            shutil.rmtree(stale, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+
+    n_rows = transfer.num_rows
+    n_shards = -(-n_rows // shard_rows)
+    start, reused, labeled = time.perf_counter(), 0, 0
+    with tqdm(total=n_rows, desc=f"label {task.name}", unit="row", smoothing=0.05) as progress:
+        for shard in range(n_shards):
+            shard_path = cache / f"shard-{shard:05d}-of-{n_shards:05d}.parquet"
+            rows = transfer.slice(shard * shard_rows, shard_rows)
+            if shard_path.exists():  # written atomically, so present means complete
+                reused += rows.num_rows
+                progress.update(rows.num_rows)
+                continue
+            texts_b = rows["text_b"].to_pylist() if task.is_pair else None
+            encodings = encode_pairs(tokenizer, rows["text_a"].to_pylist(), texts_b, max_length)
+            batches = length_sorted_batches(encodings, batch_size, tokenizer.pad_token_id)
+            logits = batch_logits(model, batches, rows.num_rows, device, progress)
+            write_parquet(pa.table({"logits": pa.FixedSizeListArray.from_arrays(logits.ravel(), task.num_labels)
+                                    .cast(pa.list_(pa.float32()))}), shard_path)
+            labeled += rows.num_rows
+    seconds = time.perf_counter() - start
+    originals = np.asarray(transfer["is_original"])
+
+    logits = pa.concat_arrays([
+        chunk for path in sorted(cache.glob("shard-*.parquet")) for chunk in pq.read_table(path)["logits"].chunks
+    ])
+    if len(logits) != n_rows:
+        raise StageError(f"label cache {cache} holds {len(logits)} rows, expected {n_rows}; delete it and rerun")
+    argmax = np.asarray(logits.flatten()).reshape(n_rows, task.num_labels).argmax(1)
+    table = transfer.append_column(LABELED_SCHEMA.field("logits"), logits).append_column(
+        LABELED_SCHEMA.field("teacher_label"), pa.array(argmax, pa.int64()))
+    write_parquet(table, out_path)
+    shutil.rmtree(cache, ignore_errors=True)
+    return {
+        "rows": n_rows,
+        "rows_labeled_now": labeled,
+        "rows_reused_from_cache": reused,
+        "seconds": round(seconds, 2),
+        "rows_per_second": round(labeled / seconds, 1) if labeled else None,
+        "batch_size": batch_size,
+        "device": str(device),
+        # how often the teacher agrees with the gold label on the original training rows
+        "teacher_train_accuracy": round(float((argmax[originals] == np.asarray(transfer["label"])[originals]).mean()), 6)
+        if originals.any() else None,
+    }
+
+
+def read_labeled(path: Path, num_labels: int) -> pa.Table:
+    """Read and validate a labeled file (schema and logits width)."""
+    table = read_parquet(path, LABELED_SCHEMA, hint="run the label stage first")
+    widths = pa.compute.list_value_length(table["logits"])
+    if table.num_rows and (pa.compute.min(widths).as_py() != num_labels or pa.compute.max(widths).as_py() != num_labels):
+        raise StageError(f"{path}: every logits list must have {num_labels} values")
+    return table

@@ -1,0 +1,420 @@
+"""`student` and `baseline` stages: train the BiLSTM student, keep the best dev epoch, save it.
+
+The student stage fits the teacher's logits on the labelled transfer set (data/labeled/<task>.parquet);
+the baseline fits the hard labels of the original training set (data/raw/<task>/train.parquet) with
+the same model, optimiser and selection, so the two differ only in what they learn from.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import time
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from tqdm import tqdm
+
+from stages.errors import StageError
+from stages.io import RAW_SCHEMA, atomic_path, check_columns, read_parquet
+from stages.metrics import task_metrics
+from stages.params import DistillParams, StudentParams
+from stages.runtime import seed_everything
+from stages.student_model import BiLSTMClassifier, count_parameters, distill_loss
+from stages.tasks import Task
+from stages.vocab import Vocab, embedding_dim, load_embeddings
+
+# data/labeled/<task>.parquet, as the label stage writes it
+LABELED_COLUMNS = ["text_a", "text_b", "is_original", "label", "source_idx", "logits", "teacher_label"]
+MODEL_FILE, CONFIG_FILE, VOCAB_FILE = "model.pt", "config.json", "vocab.txt"
+EVAL_BATCH = 512
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Ragged:
+    """Token ids of many texts, stored flat (a Python list per text would cost ~1 GB on SST-2's transfer set)."""
+
+    ids: np.ndarray  # int32, all texts concatenated
+    offsets: np.ndarray  # int64, len n + 1
+
+    @classmethod
+    def encode(cls, vocab: Vocab, texts: list[str], max_length: int) -> _Ragged:
+        ids, offsets = array("i"), np.zeros(len(texts) + 1, dtype=np.int64)
+        for i, text in enumerate(texts):
+            ids.extend(vocab.encode(text, max_length))
+            offsets[i + 1] = len(ids)
+        return cls(np.frombuffer(ids, dtype=np.int32) if len(ids) else np.zeros(0, np.int32), offsets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(len(rows), longest) ids padded with 0, and the true lengths."""
+        starts, lengths = self.offsets[rows], self.lengths[rows]
+        width = max(int(lengths.max(initial=0)), 1)
+        padded = np.zeros((len(rows), width), dtype=np.int64)
+        inside = np.arange(width) < lengths[:, None]
+        # flat positions of every kept token: each row's start, then 0..length-1 within it
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        padded[inside] = self.ids[np.repeat(starts, lengths) + within]
+        return torch.from_numpy(padded), torch.from_numpy(lengths.astype(np.int64))
+
+
+@dataclass
+class _Examples:
+    a: _Ragged
+    b: _Ragged | None
+    labels: np.ndarray  # int64, -1 = no hard label
+    logits: np.ndarray | None  # float32 (n, num_labels), the teacher's
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def sizes(self) -> np.ndarray:
+        return self.a.lengths + (self.b.lengths if self.b is not None else 0)
+
+    def tensors(self, rows: np.ndarray, device: torch.device) -> dict:
+        ids_a, len_a = self.a.batch(rows)
+        batch = {"ids_a": ids_a.to(device), "len_a": len_a}  # lengths stay on the CPU for packing
+        if self.b is not None:
+            ids_b, len_b = self.b.batch(rows)
+            batch.update(ids_b=ids_b.to(device), len_b=len_b)
+        return batch
+
+
+@dataclass
+class _Table:
+    texts_a: list[str]
+    texts_b: list[str] | None
+    labels: np.ndarray
+    logits: np.ndarray | None
+    vocab_rows: np.ndarray  # rows whose words build the vocabulary
+
+
+def _texts(table: pa.Table, task: Task, path: Path) -> tuple[list[str], list[str] | None]:
+    if table["text_a"].null_count:
+        raise StageError(f"{path}: column 'text_a' has {table['text_a'].null_count} null value(s)")
+    if not task.is_pair:
+        return table["text_a"].to_pylist(), None
+    if table["text_b"].null_count:
+        raise StageError(f"{path}: task {task.name} is a sentence-pair task but 'text_b' has "
+                         f"{table['text_b'].null_count} null value(s)")
+    return table["text_a"].to_pylist(), table["text_b"].to_pylist()
+
+
+def _labels(table: pa.Table, task: Task, path: Path) -> np.ndarray:
+    column = table["label"]
+    if column.null_count or not pa.types.is_integer(column.type):
+        raise StageError(f"{path}: column 'label' must be integers without nulls (got {column.type})")
+    labels = column.to_numpy().astype(np.int64)
+    bad = (labels < -1) | (labels >= task.num_labels)
+    if bad.any():
+        raise StageError(f"{path}: label {labels[bad][0]} is outside -1..{task.num_labels - 1} for task {task.name}")
+    return labels
+
+
+def _teacher_logits(table: pa.Table, task: Task, path: Path) -> np.ndarray:
+    column = table["logits"].combine_chunks()
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+            or pa.types.is_fixed_size_list(column.type)) or not pa.types.is_floating(column.type.value_type):
+        raise StageError(f"{path}: column 'logits' must be a list of floats (got {column.type})")
+    if column.null_count:
+        raise StageError(f"{path}: column 'logits' has {column.null_count} null value(s)")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(lengths != task.num_labels)
+    if len(wrong):
+        raise StageError(f"{path}: row {wrong[0]} has {lengths[wrong[0]]} logits; task {task.name} has "
+                         f"{task.num_labels} labels (was the teacher trained for another task?)")
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    if not np.isfinite(values).all():
+        raise StageError(f"{path}: column 'logits' holds NaN or infinite values")
+    return values.reshape(len(column), task.num_labels)
+
+
+def _read_train(path: Path, task: Task, use_teacher_logits: bool) -> _Table:
+    path = Path(path)
+    if use_teacher_logits:
+        table = read_parquet(path, hint="run the label stage first")
+        check_columns(table.column_names, LABELED_COLUMNS, path)
+        logits = _teacher_logits(table, task, path)
+        # Vocabulary from the original sentences only, so student and baseline share their words.
+        originals = table["is_original"].to_numpy(zero_copy_only=False)
+        vocab_rows = np.flatnonzero(originals) if originals.any() else np.arange(table.num_rows)
+    else:
+        table = read_parquet(path, RAW_SCHEMA, hint="run the download stage first")
+        logits, vocab_rows = None, np.arange(table.num_rows)
+    if table.num_rows == 0:
+        raise StageError(f"{path} has no rows to train on")
+    texts_a, texts_b = _texts(table, task, path)
+    return _Table(texts_a, texts_b, _labels(table, task, path), logits, vocab_rows)
+
+
+def _read_eval(dev_dir: Path, split: str, task: Task) -> _Table:
+    path = Path(dev_dir) / f"{split}.parquet"
+    table = read_parquet(path, RAW_SCHEMA, hint="run the download stage first")
+    texts_a, texts_b = _texts(table, task, path)
+    return _Table(texts_a, texts_b, _labels(table, task, path), None, np.arange(0))
+
+
+def _encode(table: _Table, vocab: Vocab, max_length: int) -> _Examples:
+    b = _Ragged.encode(vocab, table.texts_b, max_length) if table.texts_b is not None else None
+    return _Examples(_Ragged.encode(vocab, table.texts_a, max_length), b, table.labels, table.logits)
+
+
+def _train_batches(sizes: np.ndarray, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar-length examples: a window of 50 batches is drawn at random and sorted
+    by length before it is cut, so the LSTM runs fewer padded steps; the batch order is shuffled too."""
+    order = torch.randperm(len(sizes), generator=generator).numpy()
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+@torch.inference_mode()
+def _predict_logits(model: BiLSTMClassifier, examples: _Examples, device: torch.device,
+                    batch_size: int = EVAL_BATCH) -> np.ndarray:
+    model.eval()
+    order = np.argsort(examples.sizes(), kind="stable")  # similar lengths together; results put back in order
+    out = np.zeros((len(examples), model.out.out_features), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        out[rows] = model(**examples.tensors(rows, device)).float().cpu().numpy()
+    return out
+
+
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy over the labelled rows (NaN when none is labelled)."""
+    known = labels >= 0
+    if not known.any():
+        return float("nan")
+    return float(torch.nn.functional.cross_entropy(torch.from_numpy(logits[known]), torch.from_numpy(labels[known])))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _optimizer(model: BiLSTMClassifier, distill: DistillParams) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if distill.optimizer == "adadelta":
+        return torch.optim.Adadelta(trainable, lr=distill.lr, rho=distill.rho)
+    return torch.optim.Adam(trainable, lr=distill.lr)
+
+
+def _open_live(live_dir: Path | None):
+    if live_dir is None:
+        return None
+    from dvclive import Live
+
+    return Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+
+
+def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *, student: StudentParams,
+                  distill: DistillParams, device: torch.device, seed: int, use_teacher_logits: bool,
+                  live_dir: Path | None = None) -> dict:
+    """Train a BiLSTM student on train_path, select the best epoch on the task's selection split, save it.
+
+    use_teacher_logits=True (student stage): train_path is the labelled transfer set and the loss is
+    distill.alpha * CE + (1 - alpha) * logit loss. False (baseline stage): train_path is the raw
+    training split and the loss is cross-entropy alone (alpha = 1).
+    Writes out_dir/{model.pt, config.json, vocab.txt}; returns the metrics.
+    """
+    start = time.perf_counter()
+    seed_everything(seed)
+    alpha = distill.alpha if use_teacher_logits else 1.0
+    loss_kind = distill.loss if alpha < 1 else "ce"
+    dim = embedding_dim(student.embeddings)  # fails early on an unknown name
+
+    train_table = _read_train(train_path, task, use_teacher_logits)
+    if alpha == 1 and not (train_table.labels >= 0).any():
+        raise StageError(f"{train_path}: no row has a hard label, so cross-entropy (alpha=1) has nothing to learn")
+    eval_tables = {split: _read_eval(dev_dir, split, task) for split in task.eval_splits}
+    if not (eval_tables[task.selection_split].labels >= 0).any():
+        raise StageError(f"{Path(dev_dir) / task.selection_split}.parquet has no labelled row to select the model on")
+
+    vocab_texts = [train_table.texts_a[i] for i in train_table.vocab_rows]
+    if train_table.texts_b is not None:
+        vocab_texts += [train_table.texts_b[i] for i in train_table.vocab_rows]
+    vocab = Vocab.build(vocab_texts, student.vocab_size)
+    if student.embedding_mode == "rand":
+        matrix, coverage = None, None  # Kim's "rand": no pretrained vectors, only their size
+    else:
+        matrix, coverage = load_embeddings(student.embeddings, vocab, seed)
+        matrix = torch.from_numpy(matrix)
+
+    train = _encode(train_table, vocab, student.max_length)
+    evals = {split: _encode(table, vocab, student.max_length) for split, table in eval_tables.items()}
+    del train_table, eval_tables
+
+    config = {
+        "task": task.name, "num_labels": task.num_labels, "label_names": list(task.label_names),
+        "pair": task.is_pair, "vocab_size": len(vocab), "emb_dim": dim, "hidden": student.hidden,
+        "fc": student.fc, "dropout": student.dropout, "embedding_mode": student.embedding_mode,
+        "embeddings": student.embeddings, "max_length": student.max_length,
+    }
+    model = _build(config, pretrained=matrix).to(device)
+    optimizer = _optimizer(model, distill)
+    batch_size = distill.batch_size or task.student_batch_size
+    generator = torch.Generator().manual_seed(seed)
+    selection, metric = task.selection_split, task.metrics[0]
+
+    best = {"score": (-np.inf, -np.inf), "epoch": 0, "state": None, "dev": None}
+    epochs_run = 0
+    live = _open_live(live_dir)
+    try:
+        for epoch in range(1, distill.epochs + 1):
+            epochs_run = epoch
+            train_loss = _train_epoch(model, optimizer, train, batch_size, generator, device, alpha=alpha,
+                                      kind=distill.loss, temperature=distill.temperature,
+                                      desc=f"{task.name} epoch {epoch}/{distill.epochs}")
+            dev, dev_loss = {}, {}
+            for split, ex in evals.items():
+                logits = _predict_logits(model, ex, device)
+                dev[split] = task_metrics(task, ex.labels, logits.argmax(-1))
+                dev_loss[split] = _cross_entropy(logits, ex.labels)
+            # Ties on the metric (common on small dev sets) go to the lower dev cross-entropy, not the earlier epoch.
+            score = (dev[selection][metric], -dev_loss[selection])
+            improved = score > best["score"]
+            if improved:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best = {"score": score, "epoch": epoch, "state": state, "dev": dev}
+            print(f"{task.name} epoch {epoch}: train loss {train_loss:.4f}, {selection} {metric} {score[0]:.4f}, "
+                  f"{selection} loss {dev_loss[selection]:.4f}" + (" (best)" if improved else ""), file=sys.stderr)
+            if live is not None:
+                live.log_metric("train/loss", train_loss)
+                for split, values in dev.items():
+                    for name, value in values.items():
+                        live.log_metric(f"{split}/{name}", value)
+                    live.log_metric(f"{split}/loss", dev_loss[split])
+                live.next_step()
+            if epoch - best["epoch"] >= distill.patience:
+                break
+    finally:
+        if live is not None:
+            live.end()
+
+    with atomic_path(Path(out_dir), is_dir=True) as tmp:
+        torch.save(best["state"], tmp / MODEL_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        vocab.save(tmp / VOCAB_FILE)
+
+    counts = count_parameters(model)
+    return {
+        **best["dev"],
+        "params_all": counts["all"],
+        "params_without_embeddings": counts["without_embeddings"],
+        "best_epoch": best["epoch"],
+        "epochs_run": epochs_run,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "train_rows": len(train),
+        "train_rows_with_label": int((train.labels >= 0).sum()),
+        "vocab_size": len(vocab),
+        "embedding_coverage": None if coverage is None else round(coverage, 4),
+        "embeddings": student.embeddings,
+        "embedding_mode": student.embedding_mode,
+        "emb_dim": dim,
+        "hidden": student.hidden,
+        "fc": student.fc,
+        "dropout": student.dropout,
+        "max_length": student.max_length,
+        "alpha": alpha,
+        "loss": loss_kind,
+        "temperature": distill.temperature,
+        "optimizer": distill.optimizer,
+        "lr": distill.lr,
+        "rho": distill.rho,
+        "batch_size": batch_size,
+        "epochs": distill.epochs,
+        "patience": distill.patience,
+        "seed": seed,
+        "device": str(device),
+    }
+
+
+def _train_epoch(model: BiLSTMClassifier, optimizer: torch.optim.Optimizer, train: _Examples, batch_size: int,
+                 generator: torch.Generator, device: torch.device, *, alpha: float, kind: str, temperature: float,
+                 desc: str) -> float:
+    model.train()
+    sizes = train.sizes()
+    total, seen = 0.0, 0
+    bar = tqdm(_train_batches(sizes, batch_size, generator), desc=desc, unit="batch", mininterval=1.0,
+               leave=False)
+    for rows in bar:
+        teacher = torch.from_numpy(train.logits[rows]).to(device) if alpha < 1 else None
+        labels = torch.from_numpy(train.labels[rows]).to(device) if alpha > 0 else None
+        loss = distill_loss(model(**train.tensors(rows, device)), teacher, labels, alpha, kind, temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(rows)
+        seen += len(rows)
+        bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+    return total / max(seen, 1)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _build(config: dict, pretrained: torch.Tensor | None = None) -> BiLSTMClassifier:
+    return BiLSTMClassifier(
+        config["vocab_size"], config["num_labels"], emb_dim=config["emb_dim"], hidden=config["hidden"],
+        fc=config["fc"], dropout=config["dropout"], pair=config["pair"],
+        embedding_mode=config["embedding_mode"], pretrained=pretrained,
+    )
+
+
+class Student:
+    """A trained student ready for inference: raw texts in, class probabilities out."""
+
+    def __init__(self, model: BiLSTMClassifier, vocab: Vocab, config: dict, device: torch.device):
+        self.model, self.vocab, self.config, self.device = model.eval(), vocab, config, device
+
+    def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None,
+                       batch_size: int = EVAL_BATCH) -> np.ndarray:
+        if self.config["pair"] != (texts_b is not None):
+            raise StageError(f"the {self.config['task']} student expects "
+                             + ("sentence pairs" if self.config["pair"] else "single sentences"))
+        if texts_b is not None and len(texts_b) != len(texts_a):
+            raise StageError(f"{len(texts_a)} first sentences but {len(texts_b)} second ones")
+        max_length = self.config["max_length"]
+        b = _Ragged.encode(self.vocab, list(texts_b), max_length) if texts_b is not None else None
+        examples = _Examples(_Ragged.encode(self.vocab, list(texts_a), max_length), b,
+                             np.full(len(texts_a), -1, np.int64), None)
+        return _predict_logits(self.model, examples, self.device, batch_size)
+
+    def predict_proba(self, texts_a: list[str], texts_b: list[str] | None = None,
+                      batch_size: int = EVAL_BATCH) -> np.ndarray:
+        logits = torch.from_numpy(self.predict_logits(texts_a, texts_b, batch_size))
+        return torch.softmax(logits, dim=-1).numpy()
+
+
+def load_student(model_dir: Path, device: torch.device | str = "cpu") -> Student:
+    """Rebuild a saved student from model_dir alone (the pretrained vectors are in its state_dict)."""
+    model_dir, device = Path(model_dir), torch.device(device)
+    missing = [name for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE) if not (model_dir / name).is_file()]
+    if missing:
+        raise StageError(f"{model_dir} is not a saved student (missing {', '.join(missing)}); "
+                         "run the student or baseline stage first")
+    try:
+        config = json.loads((model_dir / CONFIG_FILE).read_text())
+        model = _build(config)
+        model.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise StageError(f"{model_dir} holds a corrupt or incompatible student ({str(e).splitlines()[0]})") from None
+    vocab = Vocab.load(model_dir / VOCAB_FILE)
+    if len(vocab) != config["vocab_size"]:
+        raise StageError(f"{model_dir}: vocab.txt has {len(vocab)} words but config.json says {config['vocab_size']}")
+    return Student(model.to(device), vocab, config, device)
