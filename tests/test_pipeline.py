@@ -85,6 +85,10 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
     assert "metrics/sst2/student.json" in changed and "hidden" in json.dumps(changed["metrics/sst2/student.json"])
     assert "metrics/sst2/teacher.json" not in changed
 
+    # a transfer-set knob reruns augment, label and what follows, never download or teacher
+    rerun = _run(["dvc", "exp", "run", "-S", "augment.p_mask=0.2", "evaluate@sst2"], repo)
+    assert _ran(rerun) == {"augment@sst2", "label@sst2", "student@sst2", "evaluate@sst2"}
+
     predicted = _run([sys.executable, "-m", "stages", "predict", "--model", "models/student/mrpc", "--json",
                       "first sentence number 1 .\tsecond sentence number 1 ?"], repo)
     row = json.loads(predicted.strip().splitlines()[-1])
