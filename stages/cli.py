@@ -188,9 +188,8 @@ def predict(
 
     lines = list(texts or [])
     if file is not None:
-        source = sys.stdin if str(file) == "-" else None
         try:
-            content = source.read() if source else file.read_text()
+            content = sys.stdin.read() if str(file) == "-" else file.read_text()
         except OSError as e:
             raise StageError(f"cannot read {file}: {e.strerror}") from None
         lines += [line for line in content.splitlines() if line.strip()]

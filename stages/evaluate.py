@@ -76,10 +76,11 @@ def evaluate(task: Task, raw_dir: Path, model_dirs: dict[str, Path], metrics_dir
     texts_a = sample["text_a"].tolist()
     texts_b = sample["text_b"].tolist() if task.is_pair else None
 
-    speed = {"teacher": None, "student": student_throughput(model_dirs["student"], texts_a, texts_b, device, batch_size)}
-    speed["teacher"], teacher_params = teacher_throughput(model_dirs["teacher"], texts_a, texts_b, device,
-                                                          batch_size, max_length)
-    speed["baseline"] = speed["student"]  # the same network; measuring it twice would say nothing new
+    teacher_speed, teacher_params = teacher_throughput(model_dirs["teacher"], texts_a, texts_b, device,
+                                                       batch_size, max_length)
+    student_speed = student_throughput(model_dirs["student"], texts_a, texts_b, device, batch_size)
+    # the baseline is the same network as the student: measuring it again would say nothing new
+    speed = {"teacher": teacher_speed, "baseline": student_speed, "student": student_speed}
     params = {
         "teacher": teacher_params,
         **{name: {"all": metrics[name]["params_all"], "without_embeddings": metrics[name]["params_without_embeddings"]}

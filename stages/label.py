@@ -109,11 +109,3 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
         if originals.any() else None,
     }
 
-
-def read_labeled(path: Path, num_labels: int) -> pa.Table:
-    """Read and validate a labeled file (schema and logits width)."""
-    table = read_parquet(path, LABELED_SCHEMA, hint="run the label stage first")
-    widths = pa.compute.list_value_length(table["logits"])
-    if table.num_rows and (pa.compute.min(widths).as_py() != num_labels or pa.compute.max(widths).as_py() != num_labels):
-        raise StageError(f"{path}: every logits list must have {num_labels} values")
-    return table

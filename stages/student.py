@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from stages.errors import StageError
-from stages.io import RAW_SCHEMA, atomic_path, check_columns, read_parquet
+from stages.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, read_parquet
 from stages.metrics import task_metrics
 from stages.params import DistillParams, StudentParams
 from stages.runtime import seed_everything
@@ -30,8 +30,6 @@ from stages.student_model import BiLSTMClassifier, count_parameters, distill_los
 from stages.tasks import Task
 from stages.vocab import Vocab, embedding_dim, load_embeddings
 
-# data/labeled/<task>.parquet, as the label stage writes it
-LABELED_COLUMNS = ["text_a", "text_b", "is_original", "label", "source_idx", "logits", "teacher_label"]
 MODEL_FILE, CONFIG_FILE, VOCAB_FILE = "model.pt", "config.json", "vocab.txt"
 EVAL_BATCH = 512
 
@@ -144,8 +142,7 @@ def _teacher_logits(table: pa.Table, task: Task, path: Path) -> np.ndarray:
 def _read_train(path: Path, task: Task, use_teacher_logits: bool) -> _Table:
     path = Path(path)
     if use_teacher_logits:
-        table = read_parquet(path, hint="run the label stage first")
-        check_columns(table.column_names, LABELED_COLUMNS, path)
+        table = read_parquet(path, LABELED_SCHEMA, hint="run the label stage first")
         logits = _teacher_logits(table, task, path)
         # Vocabulary from the original sentences only, so student and baseline share their words.
         originals = table["is_original"].to_numpy(zero_copy_only=False)

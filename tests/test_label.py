@@ -7,8 +7,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import stages.label as label_module
 from stages.errors import StageError
-from stages.io import TRANSFER_SCHEMA
-from stages.label import label, read_labeled
+from stages.io import LABELED_SCHEMA, TRANSFER_SCHEMA, read_parquet
+from stages.label import label
 from stages.tasks import get_task
 from stages.teacher_model import encode_pairs, resolve_model
 from stages.text import MASK
@@ -57,7 +57,7 @@ def test_logits_match_a_plain_forward_pass(tmp_path, teacher_dirs, task_name, n_
     transfer = write_transfer(tmp_path / "transfer.parquet", pair=task.is_pair)
     summary = label(task, tmp_path / "transfer.parquet", teacher_dirs[n_labels], tmp_path / "labeled.parquet",
                     device=CPU, batch_size=7, shard_rows=16, cache_root=tmp_path / "cache")
-    out = read_labeled(tmp_path / "labeled.parquet", task.num_labels)
+    out = read_parquet(tmp_path / "labeled.parquet", LABELED_SCHEMA)
     assert out.select(TRANSFER_SCHEMA.names).equals(transfer)
     logits = np.array(out["logits"].to_pylist(), dtype=np.float32)
     np.testing.assert_allclose(logits, direct_logits(teacher_dirs[n_labels], transfer, task.is_pair), atol=1e-4)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from stages.errors import StageError
 from stages.params import DistillParams, StudentParams
-from stages.student import LABELED_COLUMNS, load_student, train_student
+from stages.io import LABELED_SCHEMA
+from stages.student import load_student, train_student
 from stages.student_model import BiLSTMClassifier, count_parameters, distill_loss
 from stages.tasks import get_task
 from stages.text import MASK
@@ -374,7 +375,7 @@ def write_labeled(path: Path, n_orig: int = 150, n_aug: int = 150, logits_len: i
                            pa.list_(pa.float32())),
         "teacher_label": teacher_label,
     }
-    assert list(rows) == LABELED_COLUMNS
+    assert list(rows) == LABELED_SCHEMA.names
     if drop:
         del rows[drop]
     path.parent.mkdir(parents=True, exist_ok=True)
