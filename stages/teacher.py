@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.errors import StageError
 from stages.io import RAW_SCHEMA, atomic_path, read_parquet
 from stages.metrics import task_metrics
 from stages.params import TeacherParams
@@ -102,7 +101,7 @@ def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: Teac
     trainer.train()
     final = {name: trainer.evaluate(evals[name], metric_key_prefix=name) for name in task.eval_splits}
     dev = {name: {m: round(final[name][f"{name}_{m}"], 6) for m in task.metrics} for name in task.eval_splits}
-    return trainer, tokenizer, dev, len(train), trainer.state.best_global_step
+    return trainer, dev, len(train), trainer.state.best_global_step
 
 
 def train_teacher(task: Task, raw_dir: Path, out_dir: Path, *, params: TeacherParams, device: torch.device,
@@ -119,16 +118,12 @@ def train_teacher(task: Task, raw_dir: Path, out_dir: Path, *, params: TeacherPa
     best = None
     try:
         for lr in params.lr_grid or [params.lr]:
-            trainer, tokenizer, dev, n_train, best_step = _train_once(
+            trainer, dev, n_train, best_step = _train_once(
                 task, resolved, raw_dir, scratch / f"lr{lr:g}", params, lr, device, seed,
                 live_dir if len(params.lr_grid) <= 1 else None)
             score = dev[task.selection_split][task.metrics[0]]
-            if best is None or score > best["score"]:
-                if best is not None:
-                    del best["trainer"]
-                best = dict(score=score, trainer=trainer, tokenizer=tokenizer, dev=dev, lr=lr, best_step=best_step)
-            else:
-                del trainer
+            if best is None or score > best["score"]:  # keep only the best run's model in memory
+                best = dict(score=score, trainer=trainer, dev=dev, lr=lr, best_step=best_step)
         trainer = best["trainer"]
         if trainer.is_world_process_zero():
             with atomic_path(out_dir, is_dir=True) as tmp:
