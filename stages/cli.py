@@ -162,7 +162,8 @@ def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
     model_dirs = {kind: paths.model_dir(kind, t.name) for kind in ("teacher", "baseline", "student")}
     summary = run_evaluate(t, paths.raw_dir(t.name), model_dirs, paths.metrics_dir(t.name),
                            device=resolve_device(p.device), throughput_sentences=p.evaluate.throughput_sentences,
-                           batch_size=p.evaluate.batch_size, max_length=p.teacher.max_length)
+                           batch_size=p.evaluate.batch_size, max_length=p.teacher.max_length,
+                           reference_architectures=tuple(p.evaluate.reference_architectures))
     out = paths.metrics_dir(t.name)
     write_json(summary, out / "summary.json")
     write_json({"models": tradeoff_rows(summary, t)}, out / "tradeoff.json")

@@ -3,6 +3,11 @@
 Dev scores come from each model's own metrics file; parameter counts, size on disk and inference
 throughput (the same sentences, the same batch size, text in and logits out, on the current device)
 are measured here, the way the paper compares BERT with its BiLSTMs.
+
+The paper's speed-up (434x) is against BERT-large; ours is against whatever teacher was trained.
+`reference_architectures` also times BERT-base / BERT-large *shapes* with random weights on the same
+sentences (tokenised by the teacher's tokenizer): speed depends on the shape alone, so this gives the
+paper's comparison without the paper's checkpoint. They are yardsticks for speed, never classifiers.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ from stages.tasks import Task
 from stages.teacher_model import batch_logits, encode_pairs, length_sorted_batches
 
 MODELS = ("teacher", "baseline", "student")
+# Devlin et al. 2019, Table/Section 3: the two published BERT sizes.
+REFERENCE_SHAPES = {
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
 
 
 def _read_metrics(path: Path) -> dict:
@@ -47,8 +57,8 @@ def _timed(run, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def teacher_throughput(teacher_dir: Path, texts_a, texts_b, device, batch_size: int, max_length: int):
-    tokenizer, model = load_teacher(teacher_dir, device)
+def transformer_throughput(tokenizer, model, texts_a, texts_b, device, batch_size: int, max_length: int):
+    """Sentences per second, text in and logits out, and the parameter counts of a transformers classifier."""
 
     def run(a=texts_a, b=texts_b):
         batches = length_sorted_batches(encode_pairs(tokenizer, a, b, max_length), batch_size, tokenizer.pad_token_id)
@@ -60,6 +70,15 @@ def teacher_throughput(teacher_dir: Path, texts_a, texts_b, device, batch_size: 
     return len(texts_a) / _timed(run, device), {"all": int(total), "without_embeddings": int(total - embeddings)}
 
 
+def reference_model(name: str, tokenizer, num_labels: int, device):
+    """A randomly initialised BERT of a published shape, for timing only."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=len(tokenizer), num_labels=num_labels, **REFERENCE_SHAPES[name])
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).to(device).eval()
+
+
 def student_throughput(student_dir: Path, texts_a, texts_b, device, batch_size: int) -> float:
     student = load_student(student_dir, device)
     student.predict_logits(texts_a[:8], texts_b[:8] if texts_b else None, batch_size)  # warm-up
@@ -68,7 +87,7 @@ def student_throughput(student_dir: Path, texts_a, texts_b, device, batch_size: 
 
 def evaluate(task: Task, raw_dir: Path, model_dirs: dict[str, Path], metrics_dir: Path, *,
              device: torch.device, throughput_sentences: int = 2000, batch_size: int = 512,
-             max_length: int = 128) -> dict:
+             max_length: int = 128, reference_architectures: tuple[str, ...] = ()) -> dict:
     """Build the comparison for `task`; returns the summary (written by the caller)."""
     metrics = {name: _read_metrics(Path(metrics_dir) / f"{name}.json") for name in MODELS}
     train = read_parquet(Path(raw_dir) / "train.parquet", RAW_SCHEMA, hint="run the download stage first").to_pandas()
@@ -76,9 +95,21 @@ def evaluate(task: Task, raw_dir: Path, model_dirs: dict[str, Path], metrics_dir
     texts_a = sample["text_a"].tolist()
     texts_b = sample["text_b"].tolist() if task.is_pair else None
 
-    teacher_speed, teacher_params = teacher_throughput(model_dirs["teacher"], texts_a, texts_b, device,
-                                                       batch_size, max_length)
+    tokenizer, teacher = load_teacher(model_dirs["teacher"], device)
+    teacher_speed, teacher_params = transformer_throughput(tokenizer, teacher, texts_a, texts_b, device,
+                                                           batch_size, max_length)
+    del teacher
     student_speed = student_throughput(model_dirs["student"], texts_a, texts_b, device, batch_size)
+    references = {}
+    for name in reference_architectures:
+        if name not in REFERENCE_SHAPES:
+            raise StageError(f"evaluate.reference_architectures: unknown {name!r}; known: {', '.join(REFERENCE_SHAPES)}")
+        model = reference_model(name, tokenizer, task.num_labels, device)
+        speed, counts = transformer_throughput(tokenizer, model, texts_a, texts_b, device, batch_size, max_length)
+        references[name] = {"weights": "random (timing only)", "params_all": counts["all"],
+                            "params_without_embeddings": counts["without_embeddings"],
+                            "sentences_per_s": round(speed, 1), "student_speedup": round(student_speed / speed, 1)}
+        del model
     # the baseline is the same network as the student: measuring it again would say nothing new
     speed = {"teacher": teacher_speed, "baseline": student_speed, "student": student_speed}
     params = {
@@ -111,6 +142,7 @@ def evaluate(task: Task, raw_dir: Path, model_dirs: dict[str, Path], metrics_dir
             "params_ratio": round(params["teacher"]["all"] / params["student"]["all"], 1),
         },
         "student_vs_baseline": {f"{metric}_gain_points": round(100 * (score["student"] - score["baseline"]), 2)},
+        "references": references,
     }
 
 
@@ -143,4 +175,10 @@ def markdown(summary: dict, task: Task) -> str:
         f"Throughput: {summary['throughput_sentences']} training sentences, batch {summary['batch_size']}, "
         f"device {summary['device']} ({summary['threads']} threads), text in, logits out.",
     ]
+    if summary["references"]:
+        lines += ["", "Timing-only yardsticks (random weights in a published shape, the teacher's tokenizer, "
+                  "the same sentences; no accuracy):", "",
+                  "| shape | params (all) | sentences/s | student speed-up |", "|---|---|---|---|"]
+        lines += [f"| {name} | {r['params_all'] / 1e6:.2f}M | {r['sentences_per_s']:,.1f} | {r['student_speedup']}x |"
+                  for name, r in summary["references"].items()]
     return "\n".join(lines) + "\n"

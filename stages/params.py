@@ -80,6 +80,8 @@ class DistillParams(Section):
 class EvaluateParams(Section):
     throughput_sentences: int = Field(2000, ge=1)
     batch_size: int = Field(512, ge=1)
+    # timing-only yardsticks (random weights, published shapes): see stages/evaluate.py REFERENCE_SHAPES
+    reference_architectures: list[Literal["bert-base", "bert-large"]] = []
 
 
 class Params(Section):

@@ -22,7 +22,7 @@ TINY = dict(
     label={"batch_size": 16, "shard_rows": 32},
     student={"hidden": 8, "fc": 8, "vocab_size": 200},
     distill={"epochs": 2, "batch_size": 16},
-    evaluate={"throughput_sentences": 16, "batch_size": 8},
+    evaluate={"throughput_sentences": 16, "batch_size": 8, "reference_architectures": ["bert-base"]},
 )
 
 
@@ -67,6 +67,10 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
         summary = json.loads((repo / f"metrics/{task}/summary.json").read_text())
         assert set(summary["models"]) == {"teacher", "baseline", "student"}
         assert summary["student_vs_teacher"]["speedup"] > 1
+        # the timing-only yardstick has BERT-base's published size (109,482,240 + a 2-way head)
+        bert_base = summary["references"]["bert-base"]
+        assert bert_base["params_all"] == 109_483_778 and bert_base["weights"] == "random (timing only)"
+        assert bert_base["student_speedup"] > summary["student_vs_teacher"]["speedup"]
         assert (repo / f"metrics/{task}/summary.md").read_text().startswith(f"# {task}")
     labeled_rows = json.loads((repo / "metrics/mrpc/label.json").read_text())["rows"]
     assert labeled_rows == json.loads((repo / "metrics/mrpc/augment.json").read_text())["rows"] <= 80

@@ -59,6 +59,7 @@ def test_default_params_load_and_match_the_paper():
         ({"tasks": ["rt", "imdb"]}, r"unknown task.*imdb"),
         ({"device": "tpu"}, r"device"),
         ({"distill": {"loss": "l1"}}, r"distill\.loss"),
+        ({"evaluate": {"reference_architectures": ["gpt-2"]}}, r"evaluate\.reference_architectures\.0.*bert-base"),
     ],
 )
 def test_bad_overrides_name_the_parameter(tmp_path: Path, override, message):
