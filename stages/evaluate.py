@@ -27,10 +27,10 @@ from stages.tasks import Task
 from stages.teacher_model import batch_logits, encode_pairs, length_sorted_batches
 
 MODELS = ("teacher", "baseline", "student")
-# Devlin et al. 2019, Table/Section 3: the two published BERT sizes.
+# Devlin et al. 2019, section 3: the two published BERT sizes.
 REFERENCE_SHAPES = {
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "bert-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
 }
 
 
@@ -172,12 +172,12 @@ def markdown(summary: dict, task: Task) -> str:
     lines += [
         "",
         f"Student vs teacher: {vs}. Student vs baseline: {summary['student_vs_baseline']}.",
-        f"Throughput: {summary['throughput_sentences']} training sentences, batch {summary['batch_size']}, "
-        f"device {summary['device']} ({summary['threads']} threads), text in, logits out.",
+        (f"Throughput: {summary['throughput_sentences']} training sentences, batch {summary['batch_size']}, "
+         f"device {summary['device']} ({summary['threads']} threads), text in, logits out."),
     ]
     if summary["references"]:
-        lines += ["", "Timing-only yardsticks (random weights in a published shape, the teacher's tokenizer, "
-                  "the same sentences; no accuracy):", "",
+        lines += ["", ("Timing-only yardsticks (random weights in a published shape, the teacher's tokenizer, "
+                       "the same sentences; no accuracy):"), "",
                   "| shape | params (all) | sentences/s | student speed-up |", "|---|---|---|---|"]
         lines += [f"| {name} | {r['params_all'] / 1e6:.2f}M | {r['sentences_per_s']:,.1f} | {r['student_speedup']}x |"
                   for name, r in summary["references"].items()]
