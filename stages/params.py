@@ -75,6 +75,9 @@ class DistillParams(Section):
     batch_size: Optional[int] = Field(None, ge=1)  # None = the paper's value for the task
     epochs: int = Field(10, ge=1)
     patience: int = Field(3, ge=1)
+    # buckets: every batch holds rows of one length (dense LSTM calls, ~3x faster on a CPU);
+    # sorted-windows: the earlier mixed-length packed batches, kept as the speed and accuracy reference
+    batching: Literal["buckets", "sorted-windows"] = "buckets"
 
 
 class EvaluateParams(Section):

@@ -56,12 +56,22 @@ class BiLSTMClassifier(nn.Module):
         return x
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(batch, time) ids and their true lengths -> (batch, 2*hidden) final [forward, backward] states."""
+        """(batch, time) right-padded ids and their true lengths -> (batch, 2*hidden) final [forward, backward]
+        states. Rows that all fill the width (the batches of stages/batching.py) take one dense LSTM call;
+        rows of mixed lengths are packed, so no final state ever reads a padded step."""
         # An empty text is read as one <pad> step (a zero vector), not rejected by pack_padded_sequence.
         lengths = lengths.detach().to("cpu", torch.int64).clamp(min=1)
-        packed = pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
-        _, (h_n, _) = self.lstm(packed)  # h_n: (2, batch, hidden), already back in the input order
-        return torch.cat([h_n[0], h_n[1]], dim=-1)
+        x = self.embed(ids)
+        if self.fills_width(ids, lengths):
+            _, (h_n, _) = self.lstm(x)
+        else:
+            _, (h_n, _) = self.lstm(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+        return torch.cat([h_n[0], h_n[1]], dim=-1)  # h_n: (2, batch, hidden), in the input order
+
+    @staticmethod
+    def fills_width(ids: torch.Tensor, lengths: torch.Tensor) -> bool:
+        """Every row is as long as the tensor is wide (lengths on the CPU: no device sync)."""
+        return len(lengths) > 0 and int(lengths.clamp(min=1).min()) == ids.shape[1]
 
     @staticmethod
     def pair_features(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
@@ -74,7 +84,9 @@ class BiLSTMClassifier(nn.Module):
             return self.encode(ids_a, len_a)
         if ids_b is None or len_b is None:
             raise ValueError("a pair model needs both sentences")
-        # Both sides in one LSTM call (same weights either way): half the sequential steps on CPU.
+        if self.fills_width(ids_a, len_a) or self.fills_width(ids_b, len_b):
+            return self.pair_features(self.encode(ids_a, len_a), self.encode(ids_b, len_b))
+        # Both sides of mixed lengths: one packed call over both (same weights): half the sequential steps.
         width = max(ids_a.shape[1], ids_b.shape[1])
         ids = torch.cat([F.pad(ids_a, (0, width - ids_a.shape[1]), value=PAD_ID),
                          F.pad(ids_b, (0, width - ids_b.shape[1]), value=PAD_ID)])

@@ -336,6 +336,22 @@ def test_baseline_learns_saves_reloads_and_repeats(rt_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_student_trains_on_cuda_and_reloads_on_the_cpu(rt_data, tmp_path):
+    metrics = train_student(
+        get_task("rt"), rt_data / "train.parquet", rt_data, tmp_path / "gpu",
+        student=StudentParams(**SMALL, embeddings="random", embedding_mode="multichannel"),
+        distill=DistillParams(batch_size=10, epochs=4, patience=4), device=torch.device("cuda"), seed=0,
+        use_teacher_logits=False)
+    assert metrics["dev"]["accuracy"] >= 0.9 and metrics["device"] == "cuda"
+    texts = pq.read_table(rt_data / "dev.parquet")["text_a"].to_pylist()
+    on_gpu = load_student(tmp_path / "gpu", "cuda")
+    logits = on_gpu.predict_logits(texts, exact=True)
+    # cuDNN's LSTM computes in TF32 by default (torch.backends.cudnn.allow_tf32): agreement to ~1e-4 relative
+    np.testing.assert_allclose(on_gpu.predict_logits(texts, exact=False), logits, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(load_student(tmp_path / "gpu").predict_logits(texts), logits, rtol=1e-3, atol=1e-3)
+
+
 def test_glove_multichannel_student_learns(rt_data, tmp_path):
     metrics = baseline(rt_data, tmp_path / "glove", embeddings="glove-6b-50d", embedding_mode="multichannel")
     assert metrics["dev"]["accuracy"] >= 0.9
@@ -407,11 +423,16 @@ def test_pair_student_distils_teacher_logits(tmp_path):
     teacher = np.where(np.array(dev["label"])[:, None] == 1, [-3.0, 3.0], [3.0, -3.0])
     # the student fits the teacher's logits, not just its labels: far closer than all-zero logits (18)
     assert ((logits - teacher) ** 2).sum(1).mean() < 3
+    # exact-length inference batches and the earlier packed ones give the same logits
+    np.testing.assert_allclose(student.predict_logits(dev["text_a"], dev["text_b"], exact=False), logits, atol=1e-5)
     with pytest.raises(StageError, match="sentence pairs"):
         student.predict_proba(["a"])
     # the kl variant and a mixed objective run on the same file
     kl = distill(train, tmp_path / "raw", tmp_path / "kl", loss="kl", temperature=2.0, alpha=0.5, epochs=1)
     assert (kl["loss"], kl["alpha"], kl["epochs_run"]) == ("kl", 0.5, 1)
+    # the earlier mixed-length packed batches stay available as the reference
+    windows = distill(train, tmp_path / "raw", tmp_path / "windows", batching="sorted-windows")
+    assert windows["dev"]["accuracy"] >= 0.9
 
 
 def test_bad_inputs_are_stage_errors_naming_the_file(tmp_path):
