@@ -11,6 +11,7 @@ batching, and the student's and baseline's training time.
 from __future__ import annotations
 
 import json
+import sys
 import statistics
 import tempfile
 from pathlib import Path
@@ -18,12 +19,12 @@ from pathlib import Path
 import typer
 
 from stages import paths
+from stages.errors import StageError
+from stages.batching import BATCHINGS
 from stages.params import load_params
 from stages.runtime import resolve_device
 from stages.student import train_student
 from stages.tasks import get_task
-
-BATCHINGS = ("sorted-windows", "buckets")
 
 
 def main(task: str = typer.Option("rt", help="Task to train on."),
@@ -58,4 +59,7 @@ def main(task: str = typer.Option("rt", help="Task to train on."),
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    try:
+        typer.run(main)
+    except StageError as e:  # missing data or params: one line, not a traceback
+        sys.exit(f"error: {e}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 import typer
 
 from stages import paths
+from stages.errors import StageError
 from stages.params import load_params
 from stages.runtime import resolve_device
 from stages.student import EVAL_BATCH, Student, _build, _OnDevice, _optimizer, _train_epoch, prepare_data
@@ -112,4 +114,7 @@ def main(task: str = typer.Option("rt", help="Task whose labelled transfer set t
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    try:
+        typer.run(main)
+    except StageError as e:  # missing data or params: one line, not a traceback
+        sys.exit(f"error: {e}")
