@@ -21,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 from stages.batching import DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches
-from stages.batching import DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches
 from stages.errors import StageError
 from stages.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, read_parquet
 from stages.metrics import task_metrics
@@ -217,8 +216,9 @@ def prepare_data(task: Task, train_path: Path, dev_dir: Path, student: StudentPa
 def _predict_logits(model: BiLSTMClassifier, data: _OnDevice, batch_size: int = EVAL_BATCH,
                     exact: bool | None = None) -> np.ndarray:
     """Logits in row order. exact: batches of one first-text length (dense LSTM calls), the faster choice on
-    a CPU (1.6x); False: length-sorted batches of mixed lengths, packed, which cuDNN runs faster (1.4x on an
-    H200: fewer, fuller batches). Both read no padded step; None picks by device."""
+    a CPU (1.2-1.4x, benchmarks/student_throughput.py); False: length-sorted batches of mixed lengths, packed,
+    which cuDNN runs faster (1.4x on an H200: fewer, fuller batches). Neither reads a padded step; None picks
+    by device."""
     if exact is None:
         exact = data.device.type == "cpu"
     model.eval()
