@@ -117,7 +117,11 @@ def label(task: str = TaskOption, params: Path = ParamsOption) -> None:
     typer.echo(f"label {t.name}: {summary}")
 
 
-def _train_bilstm(kind: str, task: str, params: Path) -> None:
+SeedOption = typer.Option(..., "--seed", "-s", help="Training seed (one of params.yaml's `seeds`): model init and "
+                          "batch order. Each seed has its own model directory and run metrics.")
+
+
+def _train_bilstm(kind: str, task: str, seed: int, params: Path) -> None:
     from stages.runtime import resolve_device
     from stages.student import train_student
 
@@ -125,49 +129,62 @@ def _train_bilstm(kind: str, task: str, params: Path) -> None:
     p = load_params(params)
     distilled = kind == "student"
     train_path = paths.labeled_file(t.name) if distilled else paths.raw_dir(t.name) / "train.parquet"
-    metrics = train_student(t, train_path, paths.raw_dir(t.name), paths.model_dir(kind, t.name), student=p.student,
-                            distill=p.distill, device=resolve_device(p.device), seed=p.seed,
-                            use_teacher_logits=distilled, live_dir=paths.metrics_dir(t.name) / f"{kind}_live")
-    write_json({"task": t.name, **metrics}, paths.metrics_dir(t.name) / f"{kind}.json")
-    typer.echo(f"{kind} {t.name}: {metrics}")
+    run = paths.run_dir(kind, t.name, seed)
+    metrics = train_student(t, train_path, paths.raw_dir(t.name), paths.model_dir(kind, t.name, seed),
+                            student=p.student, distill=p.distill, device=resolve_device(p.device), seed=seed,
+                            use_teacher_logits=distilled, live_dir=run)
+    write_json({"task": t.name, "seed": seed, **metrics}, run / "run.json")
+    typer.echo(f"{kind} {t.name} seed {seed}: {metrics}")
 
 
 @app.command()
-def student(task: str = TaskOption, params: Path = ParamsOption) -> None:
-    """Distil: train the BiLSTM student on the teacher's logits (data/labeled/<task>.parquet).
+def student(task: str = TaskOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
+    """Distil: train the BiLSTM student on the teacher's logits (data/labeled/<task>.parquet), for one seed.
 
     Loss = distill.alpha * CE(hard labels) + (1 - alpha) * logit loss (distill.loss: mse or kl);
-    pair tasks use the siamese BiLSTM. Writes models/student/<task>/ and metrics/<task>/student.json.
+    pair tasks use the siamese BiLSTM. Writes models/student/<task>/seed-<n>/ and
+    metrics/<task>/student/seed-<n>/ (run.json and the per-epoch curves).
     """
-    _train_bilstm("student", task, params)
+    _train_bilstm("student", task, seed, params)
 
 
 @app.command()
-def baseline(task: str = TaskOption, params: Path = ParamsOption) -> None:
-    """The paper's plain BiLSTM: the same student trained with cross-entropy on the original training set only."""
-    _train_bilstm("baseline", task, params)
+def baseline(task: str = TaskOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
+    """The paper's plain BiLSTM: the same student trained with cross-entropy on the original training set only,
+    for one seed (models/baseline/<task>/seed-<n>/, metrics/<task>/baseline/seed-<n>/)."""
+    _train_bilstm("baseline", task, seed, params)
 
 
 @app.command()
 def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
-    """Compare teacher, baseline and student: dev scores, parameters, size on disk, throughput.
+    """Compare teacher, baseline and student over params.yaml's `seeds`: dev scores (mean, sd, min/max, 95% CI),
+    the student - baseline gain (paired t-test over seeds, McNemar on the seed ensembles), parameters, size on
+    disk, throughput.
 
-    Writes metrics/<task>/summary.json, summary.md (a table to read) and tradeoff.json (for dvc plots).
+    Writes metrics/<task>/summary.json (the headline numbers: DVC metrics), report.json (everything),
+    summary.md (to read), tradeoff.json and curves.json (dvc plots) and results.png (the README figure).
     """
-    from stages.evaluate import evaluate as run_evaluate, markdown, tradeoff_rows
+    from stages.evaluate import SEEDED, evaluate as run_evaluate
+    from stages.report import curve_rows, figure, markdown, summary_metrics, tradeoff_rows
     from stages.runtime import resolve_device
 
     t = get_task(task)
     p = load_params(params)
-    model_dirs = {kind: paths.model_dir(kind, t.name) for kind in ("teacher", "baseline", "student")}
-    summary = run_evaluate(t, paths.raw_dir(t.name), model_dirs, paths.metrics_dir(t.name),
-                           device=resolve_device(p.device), throughput_sentences=p.evaluate.throughput_sentences,
-                           batch_size=p.evaluate.batch_size, max_length=p.teacher.max_length,
-                           reference_architectures=tuple(p.evaluate.reference_architectures))
+    runs = {kind: {seed: (paths.model_dir(kind, t.name, seed), paths.run_dir(kind, t.name, seed)) for seed in p.seeds}
+            for kind in SEEDED}
     out = paths.metrics_dir(t.name)
-    write_json(summary, out / "summary.json")
-    write_json({"models": tradeoff_rows(summary, t)}, out / "tradeoff.json")
-    text = markdown(summary, t)
+    report = run_evaluate(t, paths.raw_dir(t.name), paths.model_dir("teacher", t.name), out / "teacher.json", runs,
+                          device=resolve_device(p.device), throughput_sentences=p.evaluate.throughput_sentences,
+                          batch_size=p.evaluate.batch_size, max_length=p.teacher.max_length,
+                          reference_architectures=tuple(p.evaluate.reference_architectures))
+    curves = curve_rows({kind: [run for _, run in runs[kind].values()] for kind in SEEDED}, t)
+    write_json(report, out / "report.json")
+    write_json(summary_metrics(report, t), out / "summary.json")
+    write_json({"models": tradeoff_rows(report, t)}, out / "tradeoff.json")
+    write_json({"epochs": curves}, out / "curves.json")
+    with atomic_path(out / "results.png") as tmp:
+        figure(report, curves, t, tmp)
+    text = markdown(report, t)
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(text)
     typer.echo(text)
@@ -176,7 +193,8 @@ def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
 @app.command()
 def predict(
     texts: list[str] = typer.Argument(None, help="Sentences to classify; for pair tasks, 'first<TAB>second'."),
-    model: Path = typer.Option(Path("models/student/rt"), "--model", "-m", help="A student or baseline directory."),
+    model: Path = typer.Option(Path("models/student/rt/seed-1"), "--model", "-m",
+                               help="A student or baseline directory (models/<kind>/<task>/seed-<n>)."),
     file: Path = typer.Option(None, "--file", "-f", help="Read one example per line (pairs tab-separated); - = stdin."),
     json_lines: bool = typer.Option(False, "--json", help="Print one JSON object per example."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),

@@ -1,8 +1,11 @@
-"""`evaluate` stage: teacher vs baseline vs student on one task, in one summary.
+"""`evaluate` stage: teacher vs baseline vs student on one task, over the student's training seeds.
 
-Dev scores come from each model's own metrics file; parameter counts, size on disk and inference
-throughput (the same sentences, the same batch size, text in and logits out, on the current device)
-are measured here, the way the paper compares BERT with its BiLSTMs.
+Dev scores come from each run's metrics file (the teacher's, and one per seed for the BiLSTMs): per
+model and metric the mean, sd, min/max and 95% CI over seeds, and the student - baseline gain with a
+paired t-test over seeds and an exact McNemar test on the seed ensembles' dev predictions
+(stages/statistics.py). Parameter counts, size on disk and inference throughput (the same sentences,
+the same batch size, text in and logits out, on the current device) are measured here, the way the
+paper compares BERT with its BiLSTMs.
 
 The paper's speed-up (434x) is against BERT-large; ours is against whatever teacher was trained.
 `reference_architectures` also times BERT-base / BERT-large *shapes* with random weights on the same
@@ -19,14 +22,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import numpy as np
+
 from stages.errors import StageError
 from stages.io import RAW_SCHEMA, read_parquet
 from stages.label import load_teacher
+from stages.statistics import describe, ensemble_predictions, mcnemar_test, paired_t_test
 from stages.student import load_student
 from stages.tasks import Task
 from stages.teacher_model import batch_logits, encode_pairs, length_sorted_batches
 
 MODELS = ("teacher", "baseline", "student")
+SEEDED = ("baseline", "student")  # trained once per seed
+RUN_FILE = "run.json"
 # Devlin et al. 2019, section 3: the two published BERT sizes.
 REFERENCE_SHAPES = {
     "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
@@ -85,21 +93,55 @@ def student_throughput(student_dir: Path, texts_a, texts_b, device, batch_size: 
     return len(texts_a) / _timed(lambda: student.predict_logits(texts_a, texts_b, batch_size), device)
 
 
-def evaluate(task: Task, raw_dir: Path, model_dirs: dict[str, Path], metrics_dir: Path, *,
-             device: torch.device, throughput_sentences: int = 2000, batch_size: int = 512,
-             max_length: int = 128, reference_architectures: tuple[str, ...] = ()) -> dict:
-    """Build the comparison for `task`; returns the summary (written by the caller)."""
-    metrics = {name: _read_metrics(Path(metrics_dir) / f"{name}.json") for name in MODELS}
-    train = read_parquet(Path(raw_dir) / "train.parquet", RAW_SCHEMA, hint="run the download stage first").to_pandas()
-    sample = train.head(throughput_sentences)
-    texts_a = sample["text_a"].tolist()
-    texts_b = sample["text_b"].tolist() if task.is_pair else None
+def evaluate(task: Task, raw_dir: Path, teacher_dir: Path, teacher_metrics: Path,
+             runs: dict[str, dict[int, tuple[Path, Path]]], *, device: torch.device, throughput_sentences: int = 2000,
+             batch_size: int = 512, max_length: int = 128, reference_architectures: tuple[str, ...] = ()) -> dict:
+    """The full report for `task`. runs: {"student" | "baseline": {seed: (model_dir, run_dir)}}, the same
+    seeds for both (the gain is paired by seed)."""
+    seeds = sorted(runs["student"])
+    if sorted(runs["baseline"]) != seeds:
+        raise StageError(f"student seeds {seeds} and baseline seeds {sorted(runs['baseline'])} differ")
+    teacher_scores = _read_metrics(teacher_metrics)
+    run_metrics = {kind: {seed: _read_metrics(Path(run_dir) / RUN_FILE) for seed, (_, run_dir) in runs[kind].items()}
+                   for kind in SEEDED}
+    evals = {split: read_parquet(Path(raw_dir) / f"{split}.parquet", RAW_SCHEMA, hint="run the download stage first")
+             for split in task.eval_splits}
 
-    tokenizer, teacher = load_teacher(model_dirs["teacher"], device)
+    models: dict = {"teacher": {split: {m: {"mean": teacher_scores[split][m]} for m in task.metrics}
+                                for split in task.eval_splits}}
+    probabilities: dict = {kind: {split: [] for split in task.eval_splits} for kind in SEEDED}
+    for kind in SEEDED:
+        models[kind] = {split: {m: {**describe([run_metrics[kind][s][split][m] for s in seeds]),
+                                    "seeds": {s: run_metrics[kind][s][split][m] for s in seeds}}
+                                for m in task.metrics} for split in task.eval_splits}
+        for seed in seeds:
+            student = load_student(runs[kind][seed][0], device)
+            for split, table in evals.items():
+                texts_b = table["text_b"].to_pylist() if task.is_pair else None
+                probabilities[kind][split].append(student.predict_proba(table["text_a"].to_pylist(), texts_b))
+
+    gain = {}
+    for split, table in evals.items():
+        labels = table["label"].to_numpy()
+        ensembles = {kind: ensemble_predictions(probabilities[kind][split]) for kind in SEEDED}
+        gain[split] = {"mcnemar_ensemble": mcnemar_test(labels, ensembles["student"], ensembles["baseline"])}
+        for m in task.metrics:
+            student, baseline = (list(models[kind][split][m]["seeds"].values()) for kind in ("student", "baseline"))
+            difference = describe([a - b for a, b in zip(student, baseline)])
+            gain[split][m] = {"mean": difference["mean"], "sd": difference["sd"], "ci95": difference["ci95"],
+                              "paired_t": paired_t_test(student, baseline)}
+
+    train = read_parquet(Path(raw_dir) / "train.parquet", RAW_SCHEMA, hint="run the download stage first")
+    sample = train.slice(0, throughput_sentences)
+    texts_a = sample["text_a"].to_pylist()
+    texts_b = sample["text_b"].to_pylist() if task.is_pair else None
+    tokenizer, teacher = load_teacher(teacher_dir, device)
     teacher_speed, teacher_params = transformer_throughput(tokenizer, teacher, texts_a, texts_b, device,
                                                            batch_size, max_length)
     del teacher
-    student_speed = student_throughput(model_dirs["student"], texts_a, texts_b, device, batch_size)
+    # every seed's student has the same shape: one is timed, for student and baseline alike
+    first_student = runs["student"][seeds[0]][0]
+    student_speed = student_throughput(first_student, texts_a, texts_b, device, batch_size)
     references = {}
     for name in reference_architectures:
         if name not in REFERENCE_SHAPES:
@@ -110,75 +152,32 @@ def evaluate(task: Task, raw_dir: Path, model_dirs: dict[str, Path], metrics_dir
                             "params_without_embeddings": counts["without_embeddings"],
                             "sentences_per_s": round(speed, 1), "student_speedup": round(student_speed / speed, 1)}
         del model
-    # the baseline is the same network as the student: measuring it again would say nothing new
-    speed = {"teacher": teacher_speed, "baseline": student_speed, "student": student_speed}
-    params = {
-        "teacher": teacher_params,
-        **{name: {"all": metrics[name]["params_all"], "without_embeddings": metrics[name]["params_without_embeddings"]}
-           for name in ("baseline", "student")},
-    }
-    models = {
-        name: {
-            **{split: metrics[name][split] for split in task.eval_splits},
-            "params_all": params[name]["all"],
-            "params_without_embeddings": params[name]["without_embeddings"],
-            "disk_mb": _disk_mb(model_dirs[name]),
-            "sentences_per_s": round(speed[name], 1),
-        }
-        for name in MODELS
+
+    first = {kind: run_metrics[kind][seeds[0]] for kind in SEEDED}
+    sizes = {
+        "teacher": {"params_all": teacher_params["all"], "params_without_embeddings": teacher_params["without_embeddings"],
+                    "disk_mb": _disk_mb(teacher_dir), "sentences_per_s": round(teacher_speed, 1)},
+        **{kind: {"params_all": first[kind]["params_all"],
+                  "params_without_embeddings": first[kind]["params_without_embeddings"],
+                  "disk_mb": _disk_mb(runs[kind][seeds[0]][0]), "sentences_per_s": round(student_speed, 1)}
+           for kind in SEEDED},
     }
     split, metric = task.selection_split, task.metrics[0]
-    score = {name: models[name][split][metric] for name in MODELS}
+    student_mean = models["student"][split][metric]["mean"]
     return {
         "task": task.name,
+        "seeds": seeds,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "throughput_sentences": len(texts_a),
         "batch_size": batch_size,
-        "models": models,
+        "scores": models,
+        "gain": gain,
+        "sizes": sizes,
         "student_vs_teacher": {
-            f"{metric}_ratio": round(score["student"] / score["teacher"], 4),
-            "speedup": round(speed["student"] / speed["teacher"], 1),
-            "params_ratio": round(params["teacher"]["all"] / params["student"]["all"], 1),
+            f"{metric}_ratio": student_mean / models["teacher"][split][metric]["mean"],
+            "speedup": student_speed / teacher_speed,
+            "params_ratio": teacher_params["all"] / first["student"]["params_all"],
         },
-        "student_vs_baseline": {f"{metric}_gain_points": round(100 * (score["student"] - score["baseline"]), 2)},
         "references": references,
     }
-
-
-def tradeoff_rows(summary: dict, task: Task) -> list[dict]:
-    """One row per model for `dvc plots`: accuracy against size and against speed."""
-    split, metric = task.selection_split, task.metrics[0]
-    return [
-        {"model": name, metric: m[split][metric], "params_millions": round(m["params_all"] / 1e6, 3),
-         "sentences_per_s": m["sentences_per_s"]}
-        for name, m in summary["models"].items()
-    ]
-
-
-def markdown(summary: dict, task: Task) -> str:
-    columns = [f"{split} {metric}" for split in task.eval_splits for metric in task.metrics]
-    lines = [
-        f"# {task.name}: teacher vs BiLSTM baseline vs distilled BiLSTM student",
-        "",
-        "| model | " + " | ".join(columns) + " | params (all) | params (no embeddings) | disk MB | sentences/s |",
-        "|---|" + "---|" * (len(columns) + 4),
-    ]
-    for name, m in summary["models"].items():
-        scores = [f"{100 * m[split][metric]:.2f}" for split in task.eval_splits for metric in task.metrics]
-        lines.append(f"| {name} | " + " | ".join(scores) + f" | {m['params_all'] / 1e6:.2f}M"
-                     f" | {m['params_without_embeddings'] / 1e6:.2f}M | {m['disk_mb']} | {m['sentences_per_s']:,.0f} |")
-    vs = summary["student_vs_teacher"]
-    lines += [
-        "",
-        f"Student vs teacher: {vs}. Student vs baseline: {summary['student_vs_baseline']}.",
-        (f"Throughput: {summary['throughput_sentences']} training sentences, batch {summary['batch_size']}, "
-         f"device {summary['device']} ({summary['threads']} threads), text in, logits out."),
-    ]
-    if summary["references"]:
-        lines += ["", ("Timing-only yardsticks (random weights in a published shape, the teacher's tokenizer, "
-                       "the same sentences; no accuracy):"), "",
-                  "| shape | params (all) | sentences/s | student speed-up |", "|---|---|---|---|"]
-        lines += [f"| {name} | {r['params_all'] / 1e6:.2f}M | {r['sentences_per_s']:,.1f} | {r['student_speedup']}x |"
-                  for name, r in summary["references"].items()]
-    return "\n".join(lines) + "\n"

@@ -89,7 +89,8 @@ class EvaluateParams(Section):
 
 class Params(Section):
     tasks: list[str] = ["rt"]
-    seed: int = 42
+    seed: int = 42  # teacher and augmentation (one per task)
+    seeds: list[int] = [1, 2, 3]  # student and baseline: one run per seed
     device: str = "auto"
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
@@ -106,6 +107,15 @@ class Params(Section):
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; known tasks: {list(TASKS)}")
         return tasks
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("give at least one seed")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
 
     @field_validator("device")
     @classmethod

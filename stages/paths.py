@@ -19,9 +19,18 @@ def labeled_file(task: str) -> Path:
     return DATA / "labeled" / f"{task}.parquet"
 
 
-def model_dir(kind: str, task: str) -> Path:
-    """kind: teacher, student or baseline."""
-    return MODELS / kind / task
+def model_dir(kind: str, task: str, seed: int | None = None) -> Path:
+    """kind: teacher (one per task), student or baseline (one per task and seed: .../seed-<n>)."""
+    return MODELS / kind / task if seed is None else MODELS / kind / task / seed_name(seed)
+
+
+def run_dir(kind: str, task: str, seed: int) -> Path:
+    """One student or baseline run's metrics (run.json) and training curves (DVCLive)."""
+    return METRICS / task / kind / seed_name(seed)
+
+
+def seed_name(seed: int) -> str:
+    return f"seed-{seed}"
 
 
 def metrics_dir(task: str) -> Path:

@@ -276,7 +276,6 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     data = prepare_data(task, train_path, dev_dir, student, seed=seed, use_teacher_logits=use_teacher_logits,
                         needs_labels=alpha == 1)
     vocab, config, matrix, coverage = data.vocab, data.config, data.embeddings, data.coverage
-    dim = config["emb_dim"]
     train = _OnDevice(data.train, device)
     evals = {split: _OnDevice(examples, device) for split, examples in data.evals.items()}
     del data
@@ -340,23 +339,9 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
         "train_rows_with_label": int((train.examples.labels >= 0).sum()),
         "vocab_size": len(vocab),
         "embedding_coverage": None if coverage is None else round(coverage, 4),
-        "embeddings": student.embeddings,
-        "embedding_mode": student.embedding_mode,
-        "emb_dim": dim,
-        "hidden": student.hidden,
-        "fc": student.fc,
-        "dropout": student.dropout,
-        "max_length": student.max_length,
-        "alpha": alpha,
+        "alpha": alpha,  # the objective actually used: the baseline is always alpha 1, loss "ce"
         "loss": loss_kind,
-        "temperature": distill.temperature,
-        "optimizer": distill.optimizer,
-        "lr": distill.lr,
-        "rho": distill.rho,
-        "batch_size": batch_size,
-        "epochs": distill.epochs,
-        "patience": distill.patience,
-        "seed": seed,
+        "batch_size": batch_size,  # resolved: distill.batch_size or the paper's for the task
         "device": str(device),
     }
 

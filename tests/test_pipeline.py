@@ -2,6 +2,8 @@
 experiment workflow users rely on: `dvc exp run -S student.hidden=...` reruns only what depends on
 the student, and `dvc metrics diff` shows the change."""
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 TINY = dict(
     tasks=["sst2", "mrpc"],
+    seeds=[1, 2],
     teacher={"epochs": 1, "batch_size": 8, "max_length": 32, "max_train_examples": 24, "evals_per_epoch": 1},
     augment={"n_iter": 2, "max_examples": 80},
     label={"batch_size": 16, "shard_rows": 32},
@@ -24,6 +27,16 @@ TINY = dict(
     distill={"epochs": 2, "batch_size": 16},
     evaluate={"throughput_sentences": 16, "batch_size": 8, "reference_architectures": ["bert-base"]},
 )
+
+
+TASKS, SEEDED = ("sst2", "mrpc"), ("student", "baseline")
+SUMMARY_COLUMNS = ["student.dev_accuracy", "student.dev_accuracy_sd", "baseline.dev_accuracy",
+                   "baseline.dev_accuracy_sd", "teacher.dev_accuracy", "gain.points", "gain.p_paired_t",
+                   "gain.p_mcnemar", "student_of_teacher", "speedup", "seeds"]
+MRPC_COLUMNS = ["student.dev_accuracy", "student.dev_accuracy_sd", "student.dev_f1", "student.dev_f1_sd",
+                "baseline.dev_accuracy", "baseline.dev_accuracy_sd", "baseline.dev_f1", "baseline.dev_f1_sd",
+                "teacher.dev_accuracy", "teacher.dev_f1", "gain.points", "gain.p_paired_t", "gain.p_mcnemar",
+                "student_of_teacher", "speedup", "seeds"]
 
 
 def _tiny_glue(root: Path) -> None:
@@ -61,39 +74,73 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
     _run(["git", "commit", "-qm", "tiny"], repo)
 
     first = _run(["dvc", "repro"], repo)
-    stages = ["download", "teacher", "augment", "label", "student", "baseline", "evaluate"]
-    assert _ran(first) == {f"{s}@{t}" for s in stages for t in ("sst2", "mrpc")}
-    for task in ("sst2", "mrpc"):
-        summary = json.loads((repo / f"metrics/{task}/summary.json").read_text())
-        assert set(summary["models"]) == {"teacher", "baseline", "student"}
-        assert summary["student_vs_teacher"]["speedup"] > 1
+    per_task = ["download", "teacher", "augment", "label", "evaluate"]
+    assert _ran(first) == ({f"{s}@{t}" for s in per_task for t in TASKS}
+                           | {f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)})
+    for task in TASKS:
+        report = json.loads((repo / f"metrics/{task}/report.json").read_text())
+        assert report["seeds"] == [1, 2] and set(report["scores"]) == {"teacher", "baseline", "student"}
+        assert report["scores"]["student"]["dev"]["accuracy"]["n"] == 2
+        scores = {kind: report["scores"][kind]["dev"]["accuracy"]["seeds"] for kind in SEEDED}
+        differences = [scores["student"][s] - scores["baseline"][s] for s in ("1", "2")]
+        assert report["gain"]["dev"]["accuracy"]["mean"] == pytest.approx(sum(differences) / 2)
+        assert report["student_vs_teacher"]["speedup"] > 1
         # the timing-only yardstick has BERT-base's published size (109,482,240 + a 2-way head)
-        bert_base = summary["references"]["bert-base"]
+        bert_base = report["references"]["bert-base"]
         assert bert_base["params_all"] == 109_483_778 and bert_base["weights"] == "random (timing only)"
-        assert bert_base["student_speedup"] > summary["student_vs_teacher"]["speedup"]
+        assert bert_base["student_speedup"] > report["student_vs_teacher"]["speedup"]
         assert (repo / f"metrics/{task}/summary.md").read_text().startswith(f"# {task}")
+        assert (repo / f"metrics/{task}/results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (repo / f"models/student/{task}/seed-2/model.pt").is_file()
     labeled_rows = json.loads((repo / "metrics/mrpc/label.json").read_text())["rows"]
     assert labeled_rows == json.loads((repo / "metrics/mrpc/augment.json").read_text())["rows"] <= 80
 
     second = _run(["dvc", "repro"], repo)
     assert _ran(second) == set() and "Data and pipelines are up to date" in second
 
+    # `dvc exp show`: the metrics are summary.json's alone, scores first; no params or split counts among them
+    header = next(csv.reader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], repo))))
+    assert header[:6] == ["Experiment", "rev", "typ", "Created", "parent", "metrics/sst2/summary.json:student.dev_accuracy"]
+    workspace = json.loads(_run(["dvc", "exp", "show", "--json"], repo))[0]["data"]
+    assert list(workspace["metrics"]) == ["metrics/sst2/summary.json", "metrics/mrpc/summary.json"]
+    for task, columns in (("sst2", SUMMARY_COLUMNS), ("mrpc", MRPC_COLUMNS)):
+        shown = workspace["metrics"][f"metrics/{task}/summary.json"]["data"]
+        written = json.loads((repo / f"metrics/{task}/summary.json").read_text())
+        flat = lambda d: [f"{k}.{kk}" if isinstance(v, dict) else k for k, v in d.items()
+                          for kk in (v if isinstance(v, dict) else [None])]
+        assert flat(written) == columns
+        # DVC leaves out null metrics (a p-value that two identical seeds cannot give): the rest, in order
+        null = {f"{k}.{kk}" for k, v in written.items() if isinstance(v, dict) for kk, vv in v.items() if vv is None}
+        assert flat(shown) == [c for c in columns if c not in null]
+
+    # every curated plot renders and has at least two points
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], repo))["data"]
+    assert len(plots) == 4
+    for name, views in plots.items():
+        assert len(views[0]["content"]["data"]["values"]) >= 2, name
+
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "baseline results"], repo)
     experiment = _run(["dvc", "exp", "run", "-S", "student.hidden=12"], repo)
-    # the student's size changes the student and the plain BiLSTM (the same network), and the summary;
-    # never the teacher or the transfer set
-    assert _ran(experiment) == {f"{s}@{t}" for s in ("student", "baseline", "evaluate") for t in ("sst2", "mrpc")}
-    diff = _run(["dvc", "metrics", "diff", "--json"], repo)
-    changed = json.loads(diff)
-    assert "metrics/sst2/student.json" in changed and "hidden" in json.dumps(changed["metrics/sst2/student.json"])
-    assert "metrics/sst2/teacher.json" not in changed
+    # the student's size changes the student and the plain BiLSTM (the same network) for every seed, and the
+    # summary; never the teacher or the transfer set
+    assert _ran(experiment) == ({f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)}
+                                | {f"evaluate@{t}" for t in TASKS})
+    changed = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo))
+    assert "student.dev_accuracy" in json.dumps(changed["metrics/sst2/summary.json"])
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "hidden 12"], repo)
+
+    # more seeds: only the new seed's runs and the summaries
+    more = _run(["dvc", "exp", "run", "-S", "seeds=[1,2,3]"], repo)
+    assert _ran(more) == {f"{s}@{t}-3" for s in SEEDED for t in TASKS} | {f"evaluate@{t}" for t in TASKS}
+    assert json.loads((repo / "metrics/sst2/report.json").read_text())["seeds"] == [1, 2, 3]
 
     # a transfer-set knob reruns augment, label and what follows, never download or teacher
     rerun = _run(["dvc", "exp", "run", "-S", "augment.p_mask=0.2", "evaluate@sst2"], repo)
-    assert _ran(rerun) == {"augment@sst2", "label@sst2", "student@sst2", "evaluate@sst2"}
+    assert _ran(rerun) == {"augment@sst2", "label@sst2", "evaluate@sst2"} | {f"student@sst2-{s}" for s in (1, 2, 3)}
 
-    predicted = _run([sys.executable, "-m", "stages", "predict", "--model", "models/student/mrpc", "--json",
+    predicted = _run([sys.executable, "-m", "stages", "predict", "--model", "models/student/mrpc/seed-1", "--json",
                       "first sentence number 1 .\tsecond sentence number 1 ?"], repo)
     row = json.loads(predicted.strip().splitlines()[-1])
     assert row["label"] in ("not_equivalent", "equivalent") and abs(sum(row["probabilities"].values()) - 1) < 1e-3

@@ -59,6 +59,9 @@ def test_default_params_load_and_match_the_paper():
         ({"tasks": ["rt", "imdb"]}, r"unknown task.*imdb"),
         ({"device": "tpu"}, r"device"),
         ({"distill": {"loss": "l1"}}, r"distill\.loss"),
+        ({"distill": {"batching": "random"}}, r"distill\.batching"),
+        ({"seeds": []}, r"seeds: .*at least one seed"),
+        ({"seeds": [1, 2, 1]}, r"seeds: .*distinct"),
         ({"evaluate": {"reference_architectures": ["gpt-2"]}}, r"evaluate\.reference_architectures\.0.*bert-base"),
     ],
 )
