@@ -164,8 +164,8 @@ def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
     Writes metrics/<task>/summary.json (the headline numbers: DVC metrics), report.json (everything),
     summary.md (to read), tradeoff.json and curves.json (dvc plots) and results.png (the README figure).
     """
-    from stages.evaluate import SEEDED, evaluate as run_evaluate
-    from stages.report import curve_rows, figure, markdown, summary_metrics, tradeoff_rows
+    from stages.evaluate import evaluate as run_evaluate
+    from stages.report import SEEDED, curve_rows, figure, markdown, summary_metrics, tradeoff_rows
     from stages.runtime import resolve_device
 
     t = get_task(task)

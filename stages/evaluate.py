@@ -22,18 +22,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import numpy as np
-
 from stages.errors import StageError
 from stages.io import RAW_SCHEMA, read_parquet
 from stages.label import load_teacher
+from stages.report import SEEDED
 from stages.statistics import describe, ensemble_predictions, mcnemar_test, paired_t_test
 from stages.student import load_student
 from stages.tasks import Task
 from stages.teacher_model import batch_logits, encode_pairs, length_sorted_batches
 
 MODELS = ("teacher", "baseline", "student")
-SEEDED = ("baseline", "student")  # trained once per seed
 RUN_FILE = "run.json"
 # Devlin et al. 2019, section 3: the two published BERT sizes.
 REFERENCE_SHAPES = {

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from stages.tasks import Task
 
-SEEDED = ("baseline", "student")
+SEEDED = ("baseline", "student")  # trained once per seed
 
 
-def _key(task: Task, split: str, metric: str) -> str:
+def _key(split: str, metric: str) -> str:
     return f"{split}_{metric}"
 
 
@@ -29,9 +29,9 @@ def summary_metrics(report: dict, task: Task) -> dict:
         for split in task.eval_splits:
             for metric in task.metrics:
                 d = scores[kind][split][metric]
-                out[kind][_key(task, split, metric)] = round(d["mean"], 6)
-                out[kind][_key(task, split, metric) + "_sd"] = None if d["sd"] is None else round(d["sd"], 6)
-    out["teacher"] = {_key(task, split, metric): scores["teacher"][split][metric]["mean"]
+                out[kind][_key(split, metric)] = round(d["mean"], 6)
+                out[kind][_key(split, metric) + "_sd"] = None if d["sd"] is None else round(d["sd"], 6)
+    out["teacher"] = {_key(split, metric): scores["teacher"][split][metric]["mean"]
                       for split in task.eval_splits for metric in task.metrics}
     split, metric = task.selection_split, task.metrics[0]
     gain = report["gain"][split]
