@@ -1,6 +1,7 @@
 """`augment` stage: build the transfer set, the training examples plus rule-based perturbations of them.
 
-POS tags come from spaCy (its fine-grained `tag_`); the rules themselves live in augment_rules.
+POS tags come from spaCy: the fine-grained `tag_` of a pipeline with a tagger (English), else the coarse `pos_`
+of one with a morphologizer (spaCy's French, Spanish, ... pipelines); the rules themselves live in augment_rules.
 Each example's randomness comes from its own stream, derived from (seed, position), so the
 output does not depend on batching or on how many examples come before it.
 """
@@ -33,28 +34,35 @@ Tagged = tuple[list[str], list[str]]
 
 
 @functools.lru_cache(maxsize=2)
-def load_tagger(pos_model: str):
+def load_tagger(pos_model: str, need_tags: bool = True):
+    """The spaCy pipeline and the token attribute that holds its POS ("tag_" or "pos_"; None: words only)."""
     import spacy
 
     try:
         nlp = spacy.load(pos_model, exclude=_UNUSED_COMPONENTS)
-    except (OSError, ImportError) as e:
+    except (OSError, ImportError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise StageError(f"augment.pos_model={pos_model!r} could not be loaded as a spaCy pipeline ({first})") from None
-    if "tagger" not in nlp.pipe_names:
-        raise StageError(f"augment.pos_model={pos_model!r} has no tagger (pipeline: {nlp.pipe_names})")
-    return nlp
+    if not need_tags:  # augment.p_pos = 0: the pipeline only splits words
+        return nlp, None
+    if "tagger" in nlp.pipe_names:
+        return nlp, "tag_"
+    if "morphologizer" in nlp.pipe_names:
+        return nlp, "pos_"
+    raise StageError(f"augment.pos_model={pos_model!r} has neither a tagger nor a morphologizer (pipeline: "
+                     f"{nlp.pipe_names}), so it gives no POS for the replacement rule; choose a pipeline that "
+                     "has one, or turn the rule off with augment.p_pos: 0")
 
 
-def pos_tag(texts: Sequence[str], pos_model: str, batch_size: int, desc: str) -> dict[str, Tagged]:
-    """Words and fine-grained tags of each distinct text; whitespace tokens are dropped."""
-    nlp = load_tagger(pos_model)
+def pos_tag(texts: Sequence[str], pos_model: str, batch_size: int, desc: str, need_tags: bool = True) -> dict[str, Tagged]:
+    """Words and POS tags of each distinct text (tags all "" when not needed); whitespace tokens are dropped."""
+    nlp, attribute = load_tagger(pos_model, need_tags)
     unique = list(dict.fromkeys(texts))  # pair tasks repeat texts (MNLI premises, QQP questions)
     tagged: dict[str, Tagged] = {}
     docs = nlp.pipe(unique, batch_size=batch_size)
     for text, doc in zip(unique, tqdm(docs, total=len(unique), desc=desc, unit="text")):
         words = [t for t in doc if not t.is_space]
-        tagged[text] = ([t.text for t in words], [t.tag_ for t in words])
+        tagged[text] = ([t.text for t in words], [getattr(t, attribute) if attribute else "" for t in words])
     return tagged
 
 
@@ -98,8 +106,10 @@ def augment(task: Task, raw_dir: Path, out_path: Path, *, p_mask: float = 0.1, p
     idx = raw["idx"].to_pylist()
     n_orig = raw.num_rows
 
-    load_tagger(pos_model)  # fail on a bad model before the progress bar starts
-    tagged = pos_tag([t for col in texts for t in col], pos_model, pos_batch_size, f"{task.name}: POS tagging")
+    need_tags = p_pos > 0
+    load_tagger(pos_model, need_tags)  # fail on a bad model before the progress bar starts
+    tagged = pos_tag([t for col in texts for t in col], pos_model, pos_batch_size, f"{task.name}: POS tagging",
+                     need_tags)
     tagging_done = time.perf_counter()
     per_example = [[tagged[t] for t in col] for col in texts]  # column -> example -> (words, tags)
     unigrams = TagUnigrams.from_corpus(wt for col in per_example for wt in col)

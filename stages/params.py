@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stages.datasets import DatasetSpec, check_name
 from stages.errors import StageError
 from stages.tasks import TASKS
 
@@ -20,6 +21,7 @@ class Section(BaseModel):
 class DataParams(Section):
     glue_dir: Optional[str] = None  # a local copy of nyu-mll/glue in the Hub layout; None = the Hub
     glue_revision: str = "main"
+    hub_dir: Optional[str] = None  # a local copy of Hub datasets (`datasets:` with hub:) as <hub_dir>/<owner>/<name>/
     split_seed: int = 20190328  # rt's own split seed: changing `seed` never moves examples between splits
     rt_dev_fraction: float = Field(0.1, gt=0, lt=0.5)
     rt_test_fraction: float = Field(0.1, gt=0, lt=0.5)
@@ -99,14 +101,26 @@ class Params(Section):
     student: StudentParams = StudentParams()
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
+    datasets: dict[str, DatasetSpec] = {}  # your own data: each entry is a task usable by name in `tasks`
 
-    @field_validator("tasks")
+    @field_validator("datasets")
     @classmethod
-    def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        unknown = [t for t in tasks if t not in TASKS]
+    def _dataset_names(cls, declared: dict[str, DatasetSpec]) -> dict[str, DatasetSpec]:
+        for name in declared:
+            if name in TASKS:
+                raise ValueError(f"dataset name {name!r} is a built-in task; choose another name")
+            check_name(name)
+        return declared
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> "Params":
+        unknown = [t for t in self.tasks if t not in TASKS and t not in self.datasets]
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known tasks: {list(TASKS)}")
-        return tasks
+            raise ValueError(f"tasks: unknown task(s) {unknown}; built-in tasks: {list(TASKS)}, declared datasets: "
+                             f"{list(self.datasets)}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: {self.tasks} names a task twice")
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -125,19 +139,35 @@ class Params(Section):
         return device
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise StageError(f"line {key_node.start_mark.line + 1}: the key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise StageError(f"parameter file {path} not found") from None
+    except StageError as e:
+        raise StageError(f"{path}, {e}") from None
     except yaml.YAMLError as e:
         raise StageError(f"{path} is not valid YAML: {e}") from None
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
         lines = [
-            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" if err["loc"]
+            else f"  {err['msg']}"
             for err in e.errors()
         ]
         raise StageError(f"{path}: invalid parameter(s):\n" + "\n".join(lines)) from None

@@ -3,8 +3,18 @@
 from pathlib import Path
 
 DATA = Path("data")
+EXTERNAL = DATA / "external"  # your own datasets' files (params.yaml `datasets:`), tracked by the sources stage
 MODELS = Path("models")
 METRICS = Path("metrics")
+
+
+def sources_dir() -> Path:
+    return DATA / "sources"
+
+
+def source_file(task: str) -> Path:
+    """What the task's download reads: a built-in source, or a declared dataset with its files' sha256."""
+    return sources_dir() / f"{task}.json"
 
 
 def raw_dir(task: str) -> Path:

@@ -297,3 +297,50 @@ def test_pair_task_needs_both_texts(tmp_path):
 def test_missing_raw_file_is_named(tmp_path):
     with pytest.raises(StageError, match=r"train\.parquet.*download stage"):
         augment(get_task("sst2"), tmp_path / "nowhere", tmp_path / "t.parquet")
+
+
+# --- POS from other pipelines: a morphologizer's coarse POS, or none at all with p_pos = 0 ----------------
+
+FRENCH = ["le chat dort", "la fille mange", "un chien court", "le garçon lit", "la souris dort"]
+FRENCH_POS = ["DET", "NOUN", "VERB"]
+
+
+@pytest.fixture(scope="module")
+def morphologizer_pipeline(tmp_path_factory) -> str:
+    """A real spaCy pipeline that tags with a morphologizer and has no tagger, like spaCy's French one."""
+    import spacy
+    from spacy.training import Example
+
+    nlp = spacy.blank("fr")
+    nlp.add_pipe("morphologizer")
+    examples = [Example.from_dict(nlp.make_doc(text), {"pos": FRENCH_POS}) for text in FRENCH]
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(30):
+        nlp.update(examples, sgd=optimizer)
+    path = tmp_path_factory.mktemp("spacy") / "fr_morph"
+    nlp.to_disk(path)
+    return str(path)
+
+
+def test_a_morphologizer_pipeline_gives_coarse_pos(morphologizer_pipeline, tmp_path):
+    tagged = pos_tag(FRENCH, morphologizer_pipeline, 8, "test")
+    assert all(tags == FRENCH_POS for _, tags in tagged.values())
+    # the POS rule swaps words within those coarse tags: every variant keeps DET NOUN VERB, word by word
+    raw = write_raw(tmp_path / "raw", FRENCH)
+    augment(get_task("sst2"), raw, tmp_path / "t.parquet", p_mask=0, p_pos=1, p_ng=0, n_iter=4,
+            pos_model=morphologizer_pipeline)
+    vocabulary = [{text.split()[i] for text in FRENCH} for i in range(3)]
+    variants = read_out(tmp_path / "t.parquet").to_pandas()["text_a"].tolist()[len(FRENCH):]
+    assert variants and all(w in vocabulary[i] for text in variants for i, w in enumerate(text.split()))
+
+
+def test_a_pipeline_without_pos_needs_p_pos_zero(tmp_path):
+    import spacy
+
+    blank = tmp_path / "blank_en"
+    spacy.blank("en").to_disk(blank)
+    raw = write_raw(tmp_path / "raw", ["a good film", "a bad film"])
+    with pytest.raises(StageError, match=r"neither a tagger nor a morphologizer.*augment\.p_pos: 0"):
+        augment(get_task("sst2"), raw, tmp_path / "t.parquet", pos_model=str(blank))
+    summary = augment(get_task("sst2"), raw, tmp_path / "t.parquet", p_pos=0, pos_model=str(blank), n_iter=3)
+    assert summary["originals"] == 2 and summary["rows"] > 2

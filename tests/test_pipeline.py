@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, pair_rows, write_glue_split, write_params
 
@@ -48,6 +49,14 @@ def _tiny_glue(root: Path) -> None:
         write_glue_split(root, "mrpc", split, pair_rows("sentence1", "sentence2", n, 2))
 
 
+def _copy_project(repo: Path) -> None:
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "data/external").mkdir(parents=True)
+    shutil.copy(REPO / "data/external/README.md", repo / "data/external/README.md")
+
+
 def _run(cmd: list[str], cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
@@ -63,9 +72,7 @@ def _ran(output: str) -> set[str]:
 def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    _copy_project(repo)
     _tiny_glue(tmp_path / "glue")
     write_params(repo / "params.yaml", **TINY, data={"glue_dir": str(tmp_path / "glue")})
     _run(["git", "init", "-q"], repo)
@@ -75,7 +82,7 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
 
     first = _run(["dvc", "repro"], repo)
     per_task = ["download", "teacher", "augment", "label", "evaluate"]
-    assert _ran(first) == ({f"{s}@{t}" for s in per_task for t in TASKS}
+    assert _ran(first) == ({"sources"} | {f"{s}@{t}" for s in per_task for t in TASKS}
                            | {f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)})
     for task in TASKS:
         report = json.loads((repo / f"metrics/{task}/report.json").read_text())
@@ -144,3 +151,53 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
                       "first sentence number 1 .\tsecond sentence number 1 ?"], repo)
     row = json.loads(predicted.strip().splitlines()[-1])
     assert row["label"] in ("not_equivalent", "equivalent") and abs(sum(row["probabilities"].values()) - 1) < 1e-3
+
+
+def test_own_datasets_run_through_every_stage_and_rerun_alone(tmp_path):
+    """Two datasets declared only in params.yaml (a 3-class single-sentence CSV, a pair JSONL): the whole
+    pipeline runs; a changed file reruns its own dataset from download on, and no stage of the other."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _copy_project(repo)
+    external = repo / "data/external"
+    words = ["good", "bad", "fine", "dull", "movie", "plot", "cast", "long", "short", "songs"]
+    reviews = [{"review": " ".join(words[(i * k) % 10] for k in range(1, 5 + i % 3)), "stars": 1 + i % 3} for i in range(45)]
+    (external / "reviews").mkdir()
+    with open(external / "reviews/train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["review", "stars"])
+        writer.writeheader()
+        writer.writerows(reviews)
+    (external / "pairs").mkdir()
+    (external / "pairs/train.jsonl").write_text("".join(
+        json.dumps({"a": f"first sentence number {i} .", "b": f"second sentence {i % 7} ?", "same": ["no", "yes"][i % 2]})
+        + "\n" for i in range(40)))
+    datasets = {"reviews": {"train": "data/external/reviews/train.csv", "text": ["review"], "label": "stars"},
+                "pairs": {"train": "data/external/pairs/train.jsonl", "text": ["a", "b"], "label": "same",
+                          "dev_fraction": 0.25}}
+    write_params(repo / "params.yaml", **{**TINY, "tasks": ["reviews", "pairs"], "seeds": [1], "datasets": datasets,
+                                          "evaluate": {**TINY["evaluate"], "reference_architectures": []}})
+    _run(["git", "init", "-q"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "own data"], repo)
+
+    stages = ["download", "teacher", "augment", "label", "student", "baseline", "evaluate"]
+
+    def of(task: str) -> set[str]:
+        return {f"{s}@{task}-1" if s in SEEDED else f"{s}@{task}" for s in stages}
+
+    assert _ran(_run(["dvc", "repro"], repo)) == {"sources"} | of("reviews") | of("pairs")
+    summary = json.loads((repo / "metrics/reviews/summary.json").read_text())
+    assert {"accuracy", "macro_f1"} <= {k.split("_", 1)[1] for k in summary["student"]}  # 3 classes: macro-F1
+    assert "student.dev_f1" not in json.dumps(summary) and "dev_f1" in json.dumps(
+        json.loads((repo / "metrics/pairs/summary.json").read_text()))
+    assert _ran(_run(["dvc", "repro"], repo)) == set()
+
+    with open(external / "reviews/train.csv", "a") as f:
+        f.write("a brand new good movie,3\n")
+    assert _ran(_run(["dvc", "repro"], repo)) == {"sources"} | of("reviews")
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["datasets"]["pairs"]["dev_fraction"] = 0.3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert _ran(_run(["dvc", "repro"], repo)) == {"sources"} | of("pairs")

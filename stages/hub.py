@@ -1,0 +1,50 @@
+"""The Parquet files of one split of a Hugging Face Hub dataset, from the Hub or from a local copy in its layout.
+
+The Hub stores a Parquet dataset's split as `<dir>/<split>-00000-of-00001.parquet` (what `push_to_hub` writes,
+and the layout of nyu-mll/glue) or `<dir>/<split>/0000.parquet` (the Hub's `refs/convert/parquet` revision,
+which every public dataset has), where `<dir>` is the config name, or `data` / `default` without one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from stages.errors import StageError
+
+
+def _dirs(config: str | None) -> list[str]:
+    return [config] if config else ["data", "default"]
+
+
+def _split_pattern(config: str | None, split: str) -> re.Pattern:
+    dirs = "|".join(re.escape(d) for d in _dirs(config))
+    return re.compile(rf"^(?:{dirs})/{re.escape(split)}(?:-\d+-of-\d+\.parquet|/\d+\.parquet)$")
+
+
+def split_files(repo: str, split: str, *, config: str | None = None, revision: str = "main",
+                local_root: str | Path | None = None, where: str = "") -> list[Path]:
+    """The split's Parquet files, sorted: from `<local_root>/<repo>/` if given, else downloaded from the Hub."""
+    if local_root:
+        root = Path(local_root) / repo
+        if not root.is_dir():
+            raise StageError(f"{where}{root} not found: data.hub_dir={str(local_root)!r} must hold the Hub dataset "
+                             f"{repo} as {root}/ in the Hub's file layout")
+    else:
+        from huggingface_hub import snapshot_download
+
+        patterns = [f"{d}/{split}{tail}" for d in _dirs(config) for tail in ("-*.parquet", "/*.parquet")]
+        try:
+            root = Path(snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=patterns))
+        except Exception as e:  # offline, DNS, HTTP errors, a missing cache entry: all mean "not reachable"
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise StageError(f"{where}could not fetch the Hub dataset {repo} (revision {revision}): "
+                             f"{type(e).__name__}: {first}. Set data.hub_dir to a local copy in the Hub layout") from None
+    pattern = _split_pattern(config, split)
+    found = sorted(p for p in root.rglob("*.parquet") if pattern.match(p.relative_to(root).as_posix()))
+    if not found:
+        layouts = ", ".join(f"{d}/{split}-00000-of-00001.parquet or {d}/{split}/0000.parquet" for d in _dirs(config))
+        raise StageError(f"{where}no Parquet files for split {split!r} of the Hub dataset {repo} in {root} "
+                         f"(looked for {layouts}); for a dataset stored in another format use "
+                         "revision: refs/convert/parquet")
+    return found

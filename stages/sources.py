@@ -1,0 +1,33 @@
+"""`sources` stage: write data/sources/<task>.json for every task in `tasks`, what its download will read.
+
+A built-in task's file names its source; a dataset declared in params.yaml's `datasets:` gets its row of the
+task table (columns, label names, metrics), its declaration and the sha256 of each of its files. Each task's
+`download` depends on its own file alone, so a changed file or declaration reruns that dataset's stages and
+never another's: DVC cannot give one matrix stage per-task dependencies, this file stands in for them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from stages import datasets
+from stages.io import atomic_path
+from stages.tasks import TASKS
+
+
+def write_sources(tasks: list[str], declared: dict[str, datasets.DatasetSpec], out_dir: Path, *,
+                  hub_dir: str | None = None) -> dict[str, dict]:
+    """Describe each task (reading and checking declared datasets' files) and write out_dir/<task>.json."""
+    described = {}
+    for name in tqdm(tasks, desc="sources", unit="task", disable=len(tasks) < 2):
+        if name in TASKS:
+            described[name] = {"task": TASKS[name].to_dict(), "source": "built-in"}
+        else:
+            described[name] = {**datasets.describe(name, declared[name], hub_dir), "source": "datasets"}
+    with atomic_path(Path(out_dir), is_dir=True) as tmp:
+        for name, description in described.items():
+            (tmp / f"{name}.json").write_text(json.dumps(description, indent=2) + "\n")
+    return described
