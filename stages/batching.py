@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from typing import Callable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -36,11 +36,13 @@ class TokenIds:
     offsets: np.ndarray  # int64
 
     @classmethod
-    def encode(cls, encode_text: Callable[[str], list[int]], texts: list[str]) -> TokenIds:
-        ids, offsets = array("i"), np.zeros(len(texts) + 1, dtype=np.int64)
-        for i, text in enumerate(texts):
-            ids.extend(encode_text(text))
-            offsets[i + 1] = len(ids)
+    def from_lists(cls, rows: Iterable[list[int]]) -> TokenIds:
+        ids, lengths = array("i"), array("q")
+        for row in rows:
+            ids.extend(row)
+            lengths.append(len(row))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
         return cls(np.frombuffer(ids, dtype=np.int32) if len(ids) else np.zeros(0, np.int32), offsets)
 
     @property

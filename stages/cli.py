@@ -211,19 +211,53 @@ def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def export(task: str = TaskOption, params: Path = ParamsOption) -> None:
+    """Ship the student of the first seed in `seeds`: models/export/<task>/ holds model.onnx, model.int8.onnx
+    (onnxruntime dynamic quantisation), tokenizer.json, config.json and a model card (README.md).
+
+    Also compares PyTorch, ONNX fp32 and ONNX int8 on the same dev sentences (scores, sentences/s at
+    evaluate.batch_size, batch-1 latency p50/p95): metrics/<task>/export.json.
+    """
+    import json
+
+    from stages.export import export_student
+
+    t = get_task(task)
+    p = load_params(params)
+    seed = p.seeds[0]
+    out = paths.metrics_dir(t.name)
+    inputs = {}
+    for name in ("report", "teacher", "data"):
+        try:
+            inputs[name] = json.loads((out / f"{name}.json").read_text())
+        except (OSError, ValueError) as e:
+            raise StageError(f"cannot read {out / f'{name}.json'} ({e}); run the stages before export first") from None
+    result = export_student(t, paths.model_dir("student", t.name, seed), paths.raw_dir(t.name),
+                            paths.model_dir("export", t.name), seed=seed, batch_size=p.evaluate.batch_size,
+                            throughput_sentences=p.evaluate.throughput_sentences, **inputs)
+    write_json(result, out / "export.json")
+    for name, r in result["backends"].items():
+        typer.echo(f"{t.name} {name}: {r['scores']} {r['sentences_per_s']:,.0f} sentences/s, "
+                   f"batch-1 p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
+
+
+@app.command()
 def predict(
     texts: list[str] = typer.Argument(None, help="Sentences to classify; for pair tasks, 'first<TAB>second'."),
-    model: Path = typer.Option(Path("models/student/rt/seed-1"), "--model", "-m",
-                               help="A student or baseline directory (models/<kind>/<task>/seed-<n>)."),
+    model: Path = typer.Option(None, "--model", "-m",
+                               help="torch: a student or baseline directory (default models/student/rt/seed-1); "
+                                    "onnx, onnx-int8: an export directory (default models/export/rt)."),
+    backend: str = typer.Option("torch", "--backend", "-b",
+                                help="torch (PyTorch), onnx (ONNX fp32) or onnx-int8; the ONNX backends run with "
+                                     "onnxruntime and never import PyTorch."),
     file: Path = typer.Option(None, "--file", "-f", help="Read one example per line (pairs tab-separated); - = stdin."),
     json_lines: bool = typer.Option(False, "--json", help="Print one JSON object per example."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    device: str = typer.Option("cpu", help="torch backend: cpu, cuda or auto."),
 ) -> None:
     """Classify sentences (or sentence pairs) with a trained student: label and class probabilities."""
     import json
 
     from stages.predict import classify
-    from stages.runtime import resolve_device
 
     lines = list(texts or [])
     if file is not None:
@@ -234,7 +268,9 @@ def predict(
         lines += [line for line in content.splitlines() if line.strip()]
     if not lines:
         raise StageError("nothing to classify: give sentences as arguments or --file")
-    for row in classify(model, lines, resolve_device(device)):
+    if model is None:
+        model = Path("models/student/rt/seed-1") if backend == "torch" else paths.model_dir("export", "rt")
+    for row in classify(model, lines, device, backend):
         if json_lines:
             typer.echo(json.dumps(row))
         else:

@@ -58,6 +58,7 @@ class LabelParams(Section):
 
 
 class StudentParams(Section):
+    arch: Literal["bilstm", "cnn"] = "bilstm"  # cnn: Kim (2014)'s sentence CNN (the paper's future work)
     embeddings: str = "glove-6b-50d"
     embedding_mode: Literal["rand", "static", "non-static", "multichannel"] = "multichannel"
     hidden: int = Field(150, ge=1)
@@ -65,6 +66,8 @@ class StudentParams(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     vocab_size: int = Field(50000, ge=10)
     max_length: int = Field(64, ge=4)
+    cnn_widths: list[int] = Field([3, 4, 5], min_length=1)  # cnn only: filter widths (Kim 2014: 3, 4, 5)
+    cnn_maps: int = Field(100, ge=1)  # cnn only: feature maps per width
 
 
 class DistillParams(Section):

@@ -1,13 +1,16 @@
-"""`predict`: what users ship: a trained student classifying raw sentences or pairs."""
+"""`predict`: what users ship: a trained student classifying raw sentences or pairs.
+
+Two backends: `torch` runs a student directory (models/<kind>/<task>/seed-<n>); `onnx` / `onnx-int8` run an
+export directory (models/export/<task>) with onnxruntime, and never import PyTorch.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from stages.errors import StageError
-from stages.student import load_student
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def split_pairs(lines: list[str], pair: bool) -> tuple[list[str], list[str] | None]:
@@ -21,8 +24,21 @@ def split_pairs(lines: list[str], pair: bool) -> tuple[list[str], list[str] | No
     return [p[0] for p in parts], [p[1] for p in parts]
 
 
-def classify(model_dir: Path, lines: list[str], device: torch.device) -> list[dict]:
-    student = load_student(model_dir, device)
+def _load(model_dir: Path, backend: str, device: str):
+    if backend == "torch":
+        from stages.runtime import resolve_device
+        from stages.student import load_student
+
+        return load_student(model_dir, resolve_device(device))
+    if backend in ("onnx", "onnx-int8"):
+        from stages.onnx_student import OnnxStudent
+
+        return OnnxStudent(model_dir, "int8" if backend == "onnx-int8" else "fp32")
+    raise StageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def classify(model_dir: Path, lines: list[str], device: str = "cpu", backend: str = "torch") -> list[dict]:
+    student = _load(Path(model_dir), backend, device)
     label_names = student.config["label_names"]
     texts_a, texts_b = split_pairs(lines, student.config["pair"])
     probabilities = student.predict_proba(texts_a, texts_b)

@@ -26,11 +26,12 @@ from stages.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, read_parquet
 from stages.metrics import task_metrics
 from stages.params import DistillParams, StudentParams
 from stages.runtime import seed_everything
-from stages.student_model import BiLSTMClassifier, count_parameters, distill_loss
+from stages.cnn_model import CNNClassifier
+from stages.student_model import BiLSTMClassifier, StudentClassifier, count_parameters, distill_loss
 from stages.tasks import Task
 from stages.vocab import Vocab, embedding_dim, load_embeddings
 
-MODEL_FILE, CONFIG_FILE, VOCAB_FILE = "model.pt", "config.json", "vocab.txt"
+MODEL_FILE, CONFIG_FILE, VOCAB_FILE = "model.pt", "config.json", "tokenizer.json"
 EVAL_BATCH = 512
 
 
@@ -162,7 +163,7 @@ def _read_eval(dev_dir: Path, split: str, task: Task) -> _Table:
 
 def _encode(table: _Table, vocab: Vocab, max_length: int) -> _Examples:
     def encode(texts: list[str]) -> TokenIds:
-        return TokenIds.encode(lambda text: vocab.encode(text, max_length), texts)
+        return TokenIds.from_lists(vocab.encode_iter(texts, max_length))
 
     b = encode(table.texts_b) if table.texts_b is not None else None
     return _Examples(encode(table.texts_a), b, table.labels, table.logits)
@@ -205,7 +206,8 @@ def prepare_data(task: Task, train_path: Path, dev_dir: Path, student: StudentPa
         "task": task.name, "num_labels": task.num_labels, "label_names": list(task.label_names),
         "pair": task.is_pair, "vocab_size": len(vocab), "emb_dim": dim, "hidden": student.hidden,
         "fc": student.fc, "dropout": student.dropout, "embedding_mode": student.embedding_mode,
-        "embeddings": student.embeddings, "max_length": student.max_length,
+        "embeddings": student.embeddings, "max_length": student.max_length, "arch": student.arch,
+        **({"widths": student.cnn_widths, "maps": student.cnn_maps} if student.arch == "cnn" else {}),
     }
     return PreparedData(_encode(train_table, vocab, student.max_length),
                         {split: _encode(table, vocab, student.max_length) for split, table in eval_tables.items()},
@@ -213,7 +215,7 @@ def prepare_data(task: Task, train_path: Path, dev_dir: Path, student: StudentPa
 
 
 @torch.inference_mode()
-def _predict_logits(model: BiLSTMClassifier, data: _OnDevice, batch_size: int = EVAL_BATCH,
+def _predict_logits(model: StudentClassifier, data: _OnDevice, batch_size: int = EVAL_BATCH,
                     exact: bool | None = None) -> np.ndarray:
     """Logits in row order. exact: batches of one first-text length (dense LSTM calls), the faster choice on
     a CPU (1.2-1.4x, benchmarks/student_throughput.py); False: length-sorted batches of mixed lengths, packed,
@@ -242,7 +244,7 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 # --------------------------------------------------------------------------- training
 
 
-def _optimizer(model: BiLSTMClassifier, distill: DistillParams) -> torch.optim.Optimizer:
+def _optimizer(model: StudentClassifier, distill: DistillParams) -> torch.optim.Optimizer:
     trainable = [p for p in model.parameters() if p.requires_grad]
     # foreach: one multi-tensor kernel per update op instead of one per parameter (~8% faster per step on
     # a 2-core CPU, measured with benchmarks/student_throughput.py; CUDA already defaults to it)
@@ -262,12 +264,12 @@ def _open_live(live_dir: Path | None):
 def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *, student: StudentParams,
                   distill: DistillParams, device: torch.device, seed: int, use_teacher_logits: bool,
                   live_dir: Path | None = None) -> dict:
-    """Train a BiLSTM student on train_path, select the best epoch on the task's selection split, save it.
+    """Train a student (student.arch: the BiLSTM or the CNN) on train_path, select the best epoch on the task's selection split, save it.
 
     use_teacher_logits=True (student stage): train_path is the labelled transfer set and the loss is
     distill.alpha * CE + (1 - alpha) * logit loss. False (baseline stage): train_path is the raw
     training split and the loss is cross-entropy alone (alpha = 1).
-    Writes out_dir/{model.pt, config.json, vocab.txt}; returns the metrics.
+    Writes out_dir/{model.pt, config.json, tokenizer.json}; returns the metrics.
     """
     start = time.perf_counter()
     seed_everything(seed)
@@ -346,7 +348,7 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     }
 
 
-def _train_epoch(model: BiLSTMClassifier, optimizer: torch.optim.Optimizer, train: _OnDevice,
+def _train_epoch(model: StudentClassifier, optimizer: torch.optim.Optimizer, train: _OnDevice,
                  batches: list[np.ndarray], *, alpha: float, kind: str, temperature: float, desc: str) -> float:
     """One pass over `batches`; returns the mean training loss. The loss stays on the device until the
     end of the pass: a `.item()` per step would make every step wait for the device."""
@@ -369,18 +371,20 @@ def _train_epoch(model: BiLSTMClassifier, optimizer: torch.optim.Optimizer, trai
 # --------------------------------------------------------------------------- loading
 
 
-def _build(config: dict, pretrained: torch.Tensor | None = None) -> BiLSTMClassifier:
-    return BiLSTMClassifier(
-        config["vocab_size"], config["num_labels"], emb_dim=config["emb_dim"], hidden=config["hidden"],
-        fc=config["fc"], dropout=config["dropout"], pair=config["pair"],
-        embedding_mode=config["embedding_mode"], pretrained=pretrained,
-    )
+def _build(config: dict, pretrained: torch.Tensor | None = None) -> StudentClassifier:
+    """The student that config.json describes: the BiLSTM (the paper's), or Kim (2014)'s CNN."""
+    shared = dict(emb_dim=config["emb_dim"], fc=config["fc"], dropout=config["dropout"], pair=config["pair"],
+                  embedding_mode=config["embedding_mode"], pretrained=pretrained)
+    if config.get("arch", "bilstm") == "cnn":
+        return CNNClassifier(config["vocab_size"], config["num_labels"], widths=tuple(config["widths"]),
+                             maps=config["maps"], **shared)
+    return BiLSTMClassifier(config["vocab_size"], config["num_labels"], hidden=config["hidden"], **shared)
 
 
 class Student:
     """A trained student ready for inference: raw texts in, class probabilities out."""
 
-    def __init__(self, model: BiLSTMClassifier, vocab: Vocab, config: dict, device: torch.device):
+    def __init__(self, model: StudentClassifier, vocab: Vocab, config: dict, device: torch.device):
         self.model, self.vocab, self.config, self.device = model.eval(), vocab, config, device
 
     def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None,
@@ -416,5 +420,5 @@ def load_student(model_dir: Path, device: torch.device | str = "cpu") -> Student
         raise StageError(f"{model_dir} holds a corrupt or incompatible student ({str(e).splitlines()[0]})") from None
     vocab = Vocab.load(model_dir / VOCAB_FILE)
     if len(vocab) != config["vocab_size"]:
-        raise StageError(f"{model_dir}: vocab.txt has {len(vocab)} words but config.json says {config['vocab_size']}")
+        raise StageError(f"{model_dir}: {VOCAB_FILE} has {len(vocab)} words but config.json says {config['vocab_size']}")
     return Student(model.to(device), vocab, config, device)

@@ -1,25 +1,28 @@
-"""The student's word vocabulary and its pretrained embeddings (GloVe packaged, word2vec from the Hub).
+"""The student's tokenizer and word vocabulary (a Hugging Face `tokenizers` WordLevel tokenizer, saved as
+tokenizer.json beside every student), and its pretrained embeddings (GloVe packaged, word2vec from the Hub).
 
-Words come from `stages.text.student_tokens`, so training, evaluation and the stored MASK word
-all see the same tokens. A pretrained set is loaded only for the vocabulary's words.
+Text is lower-cased, then split into words by `stages.text.WORD_PATTERN`; MASK is a special token kept whole
+(and case-sensitive), with its own learned vector. Training, evaluation, `predict` and the exported ONNX student
+all tokenise with this one tokenizer.json; any `tokenizers` binding (Python, Rust, Node) reproduces the ids.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
+from tokenizers.trainers import WordLevelTrainer
 
 from stages.errors import StageError
-from stages.student_model import PAD_ID
-from stages.text import MASK, student_tokens
+from stages.text import MASK, WORD_PATTERN
 
-PAD, UNK, MASK_TOKEN = "<pad>", "<unk>", "<mask>"
-SPECIALS = (PAD, UNK, MASK_TOKEN)  # ids 0, 1, 2
-UNK_ID, MASK_ID = 1, 2
+PAD, UNK = "<pad>", "<unk>"
+SPECIALS = (PAD, UNK, MASK)  # ids 0, 1, 2
+PAD_ID, UNK_ID, MASK_ID = 0, 1, 2
 
 # name -> vector size. "random" has no vectors; 300 is the paper's (word2vec) size.
 EMBEDDING_DIMS = {"glove-6b-50d": 50, "word2vec-google-news-300": 300, "random": 300}
@@ -27,15 +30,26 @@ W2V_REPO = "fse/word2vec-google-news-300"
 W2V_FILE = "word2vec-google-news-300.model"
 
 
+def word_tokenizer(vocab: dict[str, int] | None = None) -> Tokenizer:
+    """The pipeline: MASK extracted whole, lower-case, words by WORD_PATTERN, WordLevel ids (unknown -> <unk>);
+    without `vocab`, ready to be trained (Vocab.build)."""
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token=UNK) if vocab else WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="removed", invert=True)
+    tokenizer.add_special_tokens(list(SPECIALS))
+    return tokenizer
+
+
 class Vocab:
-    def __init__(self, tokens: list[str]):
-        if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"a vocabulary starts with {SPECIALS}")
-        self.tokens = list(tokens)
-        self.index = {tok: i for i, tok in enumerate(self.tokens)}
-        self.index[MASK] = MASK_ID  # the stored mask word has its own learned vector
-        if len(self.index) != len(self.tokens) + 1:
-            raise ValueError("vocabulary tokens must be unique")
+    """The word vocabulary and the tokenizer that maps text to its ids."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        self.tokens = sorted(vocab, key=vocab.get)
+        if tuple(self.tokens[: len(SPECIALS)]) != SPECIALS or [vocab[t] for t in self.tokens] != list(range(len(vocab))):
+            raise ValueError(f"a vocabulary has ids 0..n-1 and starts with {SPECIALS}")
+        self.tokenizer = tokenizer
+        self.index = vocab
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -48,30 +62,36 @@ class Vocab:
     @classmethod
     def build(cls, texts: Iterable[str], size: int) -> Vocab:
         """The `size - 3` most frequent words (ties alphabetical, so the order never depends on input order)."""
-        counts = Counter(tok for text in texts for tok in student_tokens(text) if tok != MASK)
-        for special in SPECIALS:
-            counts.pop(special, None)
-        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        return cls([*SPECIALS, *(word for word, _ in ranked[: max(0, size - len(SPECIALS))])])
+        tokenizer = word_tokenizer()
+        words_only = (text.replace(MASK, " ") for text in texts)  # MASK is a special token, never a counted word
+        tokenizer.train_from_iterator(words_only, WordLevelTrainer(vocab_size=size, special_tokens=list(SPECIALS),
+                                                              show_progress=False))
+        return cls(tokenizer)
+
+    def encode_batch(self, texts: list[str], max_length: int) -> list[list[int]]:
+        return [e.ids[:max_length] for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_iter(self, texts: list[str], max_length: int, chunk: int = 8192) -> Iterator[list[int]]:
+        """Ids text by text, encoded a chunk at a time (the Rust side runs a chunk in parallel)."""
+        for start in range(0, len(texts), chunk):
+            yield from self.encode_batch(texts[start:start + chunk], max_length)
 
     def encode(self, text: str, max_length: int) -> list[int]:
-        return [self.index.get(tok, UNK_ID) for tok in student_tokens(text)[:max_length]]
+        return self.encode_batch([text], max_length)[0]
 
     def save(self, path: Path) -> None:
-        Path(path).write_text("\n".join(self.tokens) + "\n", encoding="utf-8")
+        self.tokenizer.save(str(path))
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
         try:
-            tokens = Path(path).read_text(encoding="utf-8").split("\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise StageError(f"cannot read vocabulary {path} ({e})") from None
-        if tokens and tokens[-1] == "":
-            tokens.pop()
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises a bare Exception on a missing or malformed file
+            raise StageError(f"cannot read the student tokenizer {path} ({e})") from None
         try:
-            return cls(tokens)
+            return cls(tokenizer)
         except ValueError as e:
-            raise StageError(f"{path} is not a student vocabulary: {e}") from None
+            raise StageError(f"{path} is not a student tokenizer: {e}") from None
 
 
 def embedding_dim(name: str) -> int:

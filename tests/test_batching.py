@@ -14,11 +14,11 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 def tokens(lengths: list[int], seed: int = 0) -> TokenIds:
     rng = np.random.default_rng(seed)
-    return TokenIds.encode(lambda n: list(rng.integers(3, 40, n)), lengths)  # "texts" are their lengths here
+    return TokenIds.from_lists(list(rng.integers(3, 40, n)) for n in lengths)
 
 
 def test_token_ids_store_texts_flat_and_take_rows():
-    t = TokenIds.encode(lambda text: [len(w) for w in text.split()], ["a bb", "", "ccc d ee"])
+    t = TokenIds.from_lists([len(w) for w in text.split()] for text in ["a bb", "", "ccc d ee"])
     assert t.ids.tolist() == [1, 2, 3, 1, 2] and t.offsets.tolist() == [0, 2, 2, 5]
     assert t.lengths.tolist() == [2, 0, 3] and t.steps.tolist() == [2, 1, 3]  # an empty text is one <pad> step
     taken = t.take(np.array([2, 0, 1]))
@@ -70,7 +70,7 @@ def test_inference_batches_cut_at_every_length_change_and_batch_size():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_device_tokens_gather_right_padded_ids_and_cpu_lengths(device):
-    t = TokenIds.encode(lambda text: [int(w) for w in text.split()], ["5 6 7", "", "8"])
+    t = TokenIds.from_lists([int(w) for w in text.split()] for text in ["5 6 7", "", "8"])
     rows = np.array([2, 0, 1])
     ids, steps = DeviceTokens(t, torch.device(device)).gather(rows, torch.from_numpy(rows).to(device))
     assert ids.device.type == device

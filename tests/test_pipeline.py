@@ -81,7 +81,7 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
     _run(["git", "commit", "-qm", "tiny"], repo)
 
     first = _run(["dvc", "repro"], repo)
-    per_task = ["download", "teacher", "augment", "label", "evaluate"]
+    per_task = ["download", "teacher", "augment", "label", "evaluate", "export"]
     assert _ran(first) == ({"sources"} | {f"{s}@{t}" for s in per_task for t in TASKS}
                            | {f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)})
     for task in TASKS:
@@ -132,7 +132,7 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
     # the student's size changes the student and the plain BiLSTM (the same network) for every seed, and the
     # summary; never the teacher or the transfer set
     assert _ran(experiment) == ({f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)}
-                                | {f"evaluate@{t}" for t in TASKS})
+                                | {f"{s}@{t}" for s in ("evaluate", "export") for t in TASKS})
     changed = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo))
     assert "student.dev_accuracy" in json.dumps(changed["metrics/sst2/summary.json"])
     _run(["git", "add", "-A"], repo)
@@ -140,7 +140,8 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
 
     # more seeds: only the new seed's runs and the summaries
     more = _run(["dvc", "exp", "run", "-S", "seeds=[1,2,3]"], repo)
-    assert _ran(more) == {f"{s}@{t}-3" for s in SEEDED for t in TASKS} | {f"evaluate@{t}" for t in TASKS}
+    assert _ran(more) == {f"{s}@{t}-3" for s in SEEDED for t in TASKS} | {f"{s}@{t}" for s in ("evaluate", "export")
+                                                                           for t in TASKS}
     assert json.loads((repo / "metrics/sst2/report.json").read_text())["seeds"] == [1, 2, 3]
 
     # a transfer-set knob reruns augment, label and what follows, never download or teacher
@@ -151,6 +152,13 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
                       "first sentence number 1 .\tsecond sentence number 1 ?"], repo)
     row = json.loads(predicted.strip().splitlines()[-1])
     assert row["label"] in ("not_equivalent", "equivalent") and abs(sum(row["probabilities"].values()) - 1) < 1e-3
+    shipped = _run([sys.executable, "-m", "stages", "predict", "--backend", "onnx", "--model", "models/export/mrpc",
+                    "--json", "first sentence number 1 .\tsecond sentence number 1 ?"], repo)
+    onnx_row = json.loads(shipped.strip().splitlines()[-1])
+    assert onnx_row["probabilities"] == pytest.approx(row["probabilities"], abs=2e-4)  # seed 1 of both, exported
+    export = json.loads((repo / "metrics/mrpc/export.json").read_text())
+    assert export["seed"] == 1 and export["max_abs_logit_diff_fp32"] <= 1e-4
+    assert (repo / "models/export/mrpc/README.md").read_text().startswith("---\nlibrary_name: onnx")
 
 
 def test_own_datasets_run_through_every_stage_and_rerun_alone(tmp_path):
@@ -181,7 +189,7 @@ def test_own_datasets_run_through_every_stage_and_rerun_alone(tmp_path):
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "own data"], repo)
 
-    stages = ["download", "teacher", "augment", "label", "student", "baseline", "evaluate"]
+    stages = ["download", "teacher", "augment", "label", "student", "baseline", "evaluate", "export"]
 
     def of(task: str) -> set[str]:
         return {f"{s}@{task}-1" if s in SEEDED else f"{s}@{task}" for s in stages}

@@ -204,16 +204,17 @@ def test_loss_gradients_reach_the_student_only():
 def test_vocabulary_is_deterministic_with_specials_cap_and_mask(tmp_path):
     texts = ["b a c a", f"c {MASK} B zz", "a b"]
     vocab = Vocab.build(texts, size=100)
-    assert vocab.tokens == ["<pad>", "<unk>", "<mask>", "a", "b", "c", "zz"]  # by count, ties alphabetical
+    assert vocab.tokens == ["<pad>", "<unk>", MASK, "a", "b", "c", "zz"]  # by count, ties alphabetical
     assert Vocab.build(list(reversed(texts)), size=100).tokens == vocab.tokens
-    assert Vocab.build(texts, size=5).tokens == ["<pad>", "<unk>", "<mask>", "a", "b"]
+    assert Vocab.build(texts, size=5).tokens == ["<pad>", "<unk>", MASK, "a", "b"]
     assert vocab.encode(f"A {MASK} unseen c", max_length=10) == [3, MASK_ID, UNK_ID, 5]
+    assert vocab.encode(f"a{MASK}b [mask]", max_length=10) == [3, MASK_ID, 4, UNK_ID, UNK_ID, UNK_ID]  # MASK is cased
     assert vocab.encode("a b c zz", max_length=2) == [3, 4]
-    vocab.save(tmp_path / "vocab.txt")
-    assert Vocab.load(tmp_path / "vocab.txt").tokens == vocab.tokens
-    (tmp_path / "bad.txt").write_text("hello\n")
-    with pytest.raises(StageError, match="not a student vocabulary"):
-        Vocab.load(tmp_path / "bad.txt")
+    vocab.save(tmp_path / "tokenizer.json")
+    assert Vocab.load(tmp_path / "tokenizer.json").tokens == vocab.tokens
+    (tmp_path / "bad.json").write_text("hello\n")
+    with pytest.raises(StageError, match="cannot read the student tokenizer"):
+        Vocab.load(tmp_path / "bad.json")
 
 
 def test_glove_vectors_are_the_packaged_ones():
@@ -310,7 +311,7 @@ def test_baseline_learns_saves_reloads_and_repeats(rt_data, tmp_path):
     assert (metrics["alpha"], metrics["loss"], metrics["batch_size"]) == (1.0, "ce", 10)
     assert metrics["train_rows"] == 300 and 1 <= metrics["best_epoch"] <= metrics["epochs_run"] == 6
     assert metrics["params_all"] - metrics["params_without_embeddings"] == metrics["vocab_size"] * 300
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["config.json", "model.pt", "vocab.txt"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["config.json", "model.pt", "tokenizer.json"]
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["label_names"] == ["rotten", "fresh"] and config["pair"] is False
 
@@ -357,7 +358,7 @@ def test_glove_multichannel_student_learns(rt_data, tmp_path):
     assert metrics["dev"]["accuracy"] >= 0.9
     assert metrics["embedding_coverage"] == 1.0  # every word of the synthetic task is in GloVe
     state = torch.load(tmp_path / "glove" / "model.pt", weights_only=True)
-    vocab = Vocab.load(tmp_path / "glove" / "vocab.txt")
+    vocab = Vocab.load(tmp_path / "glove" / "tokenizer.json")
     matrix, _ = load_embeddings("glove-6b-50d", vocab, seed=0)
     np.testing.assert_array_equal(state["static_embedding.weight"].numpy(), matrix)  # frozen channel saved as is
     # the reloaded model needs no GloVe: its vectors come from model.pt
@@ -463,7 +464,7 @@ def test_load_student_rejects_missing_or_corrupt_dirs(tmp_path):
         load_student(tmp_path / "nothing")
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("model.pt", "config.json", "vocab.txt"):
+    for name in ("model.pt", "config.json", "tokenizer.json"):
         (broken / name).write_text("garbage")
     with pytest.raises(StageError, match="corrupt or incompatible"):
         load_student(broken)

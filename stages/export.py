@@ -1,0 +1,235 @@
+"""`export` stage: ship one trained student as ONNX (fp32 and dynamically quantised int8) with its tokenizer,
+a config and a model card, and compare the three ways to run it (PyTorch, ONNX fp32, ONNX int8) on the same
+dev sentences: scores, sentences/s at a batch of `batch_size`, and single-sentence latency.
+
+The exported seed is the first of params.yaml's `seeds` (not the best on dev, which would flatter its score);
+the card reports it beside the mean ± sd over all seeds from evaluate's report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stages.errors import StageError
+from stages.io import RAW_SCHEMA, atomic_path, read_parquet
+from stages.metrics import task_metrics
+from stages.onnx_student import CONFIG_FILE, MODEL_FILES, TOKENIZER_FILE, OnnxStudent
+from stages.student import VOCAB_FILE, Student, load_student
+from stages.student_model import count_parameters
+from stages.tasks import Task
+
+BACKENDS = ("pytorch", "onnx-fp32", "onnx-int8")
+OPSET = 17
+
+
+class DenseStudent(nn.Module):
+    """The student's inference graph for export: ids of one length per batch in, logits out (no packing)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, ids_a: torch.Tensor, ids_b: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.dense_logits(ids_a, ids_b)
+
+
+def export_onnx(student: Student, path: Path) -> None:
+    """model.onnx with dynamic batch and length (each input its own length for pairs), one file.
+
+    TorchScript-based export: it maps nn.LSTM to ONNX's LSTM op with a dynamic number of steps, where the
+    dynamo exporter unrolls the recurrence for the example's length."""
+    graph = DenseStudent(student.model.cpu())
+    pair = student.config["pair"]
+    example = (torch.randint(3, 10, (2, 5)),) + ((torch.randint(3, 10, (2, 4)),) if pair else ())
+    names = ["ids_a", "ids_b"] if pair else ["ids"]
+    axes = {name: {0: "batch", 1: f"length_{name}"} for name in names} | {"logits": {0: "batch"}}
+    with warnings.catch_warnings(), torch.inference_mode(False):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, example, str(path), input_names=names, output_names=["logits"],
+                          dynamic_axes=axes, dynamo=False, opset_version=OPSET)
+    _inline_shared_weights(path)
+
+
+def _inline_shared_weights(path: Path) -> None:
+    """The exporter passes a weight used twice (the siamese LSTM) through Identity nodes; the quantiser only
+    quantises weights read straight from the initializers, so point every reader at the initializer itself."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph, initializers = model.graph, {init.name for init in model.graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers}
+    if not alias or any(output.name in alias for output in graph.output):
+        return
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in keep:
+        node.input[:] = [alias.get(name, name) for name in node.input]
+    del graph.node[:]
+    graph.node.extend(keep)
+    onnx.save(model, str(path))
+
+
+def quantize_int8(fp32: Path, int8: Path) -> None:
+    """onnxruntime's dynamic quantisation: int8 weights (LSTM, MatMul), activations quantised on the fly."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # it suggests a pre-processing step meant for CNNs
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+
+
+def _dev(task: Task, raw_dir: Path) -> dict[str, tuple[list[str], list[str] | None, np.ndarray]]:
+    out = {}
+    for split in task.eval_splits:
+        table = read_parquet(Path(raw_dir) / f"{split}.parquet", RAW_SCHEMA, hint="run the download stage first")
+        out[split] = (table["text_a"].to_pylist(), table["text_b"].to_pylist() if task.is_pair else None,
+                      table["label"].to_numpy())
+    return out
+
+
+def _timed(run, texts_a, texts_b, batch_size: int, latency_n: int) -> dict:
+    run(texts_a[:8], texts_b[:8] if texts_b else None, batch_size)  # warm-up: first-call setup is not speed
+    start = time.perf_counter()
+    run(texts_a, texts_b, batch_size)
+    throughput = len(texts_a) / (time.perf_counter() - start)
+    latencies = []
+    for i in range(min(latency_n, len(texts_a))):
+        start = time.perf_counter()
+        run(texts_a[i:i + 1], texts_b[i:i + 1] if texts_b else None, 1)
+        latencies.append(1000 * (time.perf_counter() - start))
+    return {"sentences_per_s": round(throughput, 1), "latency_ms_p50": round(float(np.percentile(latencies, 50)), 3),
+            "latency_ms_p95": round(float(np.percentile(latencies, 95)), 3)}
+
+
+def compare_backends(task: Task, student: Student, export_dir: Path, raw_dir: Path, *, batch_size: int,
+                     throughput_sentences: int, latency_sentences: int = 200) -> dict:
+    """Scores on every eval split, speed (text in, logits out) and the largest fp32-vs-PyTorch logit gap."""
+    dev = _dev(task, raw_dir)
+    runners = {"pytorch": lambda a, b, n: student.predict_logits(a, b, batch_size=n)}
+    for variant in MODEL_FILES:
+        onnx = OnnxStudent(export_dir, variant, threads=torch.get_num_threads())
+        runners[f"onnx-{variant}"] = lambda a, b, n, onnx=onnx: onnx.predict_logits(a, b, batch_size=n)
+    results, logits = {}, {}
+    split = task.selection_split
+    a, b, _ = dev[split]
+    repeat = -(-throughput_sentences // len(a))
+    sample_a = (a * repeat)[:throughput_sentences]
+    sample_b = (b * repeat)[:throughput_sentences] if b is not None else None
+    for name, run in runners.items():
+        scores = {}
+        for s, (ta, tb, labels) in dev.items():
+            out = run(ta, tb, batch_size)
+            logits[name, s] = out
+            scores[s] = task_metrics(task, labels, out.argmax(-1))
+        results[name] = {"scores": scores, **_timed(run, sample_a, sample_b, batch_size, latency_sentences)}
+    metric = task.metrics[0]
+    gap = max(float(np.abs(logits["onnx-fp32", s] - logits["pytorch", s]).max()) for s in dev)
+    return {
+        "backends": results,
+        "max_abs_logit_diff_fp32": gap,
+        "int8_cost_points": round(100 * (results["pytorch"]["scores"][split][metric]
+                                         - results["onnx-int8"]["scores"][split][metric]), 2),
+        "int8_speedup_over_pytorch": round(results["onnx-int8"]["sentences_per_s"]
+                                           / results["pytorch"]["sentences_per_s"], 2),
+        "selection": f"{split} {metric}", "batch_size": batch_size, "throughput_sentences": len(sample_a),
+        "latency_sentences": min(latency_sentences, len(sample_a)), "threads": torch.get_num_threads(),
+    }
+
+
+def _pm(stat: dict) -> str:
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['sd']:.2f}" if stat.get("sd") is not None else f"{100 * stat['mean']:.2f}"
+
+
+def model_card(task: Task, config: dict, seed: int, report: dict, comparison: dict, teacher: dict, data: dict) -> str:
+    """README.md of the export directory (the Hugging Face model card convention: YAML front matter, then text)."""
+    split, metric = task.selection_split, task.metrics[0]
+    scores, n = report["scores"], len(report["seeds"])
+    exported = scores["student"][split][metric]["seeds"][str(seed)]
+    rows = "\n".join(
+        f"| {name} | {100 * r['scores'][split][metric]:.2f} | {r['sentences_per_s']:,.0f} | "
+        f"{r['latency_ms_p50']:.2f} / {r['latency_ms_p95']:.2f} |" for name, r in comparison["backends"].items())
+    inputs = "`ids_a` and `ids_b` (int64, batch × length each)" if task.is_pair else "`ids` (int64, batch × length)"
+    splits = ", ".join(f"{s} {info['rows']:,}" for s, info in data["splits"].items())
+    example = '"first sentence", "second sentence"' if task.is_pair else '"a sentence to classify"'
+    pair_args = "[first], [second]" if task.is_pair else "[text]"
+    return f"""---
+library_name: onnx
+pipeline_tag: text-classification
+tags: [knowledge-distillation, bilstm, tang-et-al-2019, {task.name}]
+---
+
+# {task.name} BiLSTM student (distilled from {teacher.get('model', 'a BERT teacher')})
+
+A one-layer {'siamese ' if task.is_pair else ''}BiLSTM (hidden {config['hidden']}, FC {config['fc']}, {config['embeddings']}
+embeddings, {config['embedding_mode']}) trained on a fine-tuned BERT teacher's logits over an augmented transfer set,
+after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task.label_names)}.
+
+- **Task and data**: {task.name} ({task.notes or task.source}); splits: {splits}.
+- **Teacher**: `{teacher.get('model')}`, {split} {metric} {100 * teacher[split][metric]:.2f}.
+- **This model**: seed {seed} of {report['seeds']}; {split} {metric} {100 * exported:.2f}.
+- **Over all {n} seeds** ({split}, mean ± sd): student {_pm(scores['student'][split][metric])}, plain BiLSTM
+  (hard labels, no teacher) {_pm(scores['baseline'][split][metric])}; the student keeps
+  {100 * report['student_vs_teacher']['accuracy_ratio']:.1f}% of the teacher's {metric}.
+- **Parameters**: {config.get('params_all', 0):,} ({config.get('params_without_embeddings', 0):,} without embeddings);
+  max {config['max_length']} tokens per sentence.
+
+## Speed ({comparison['threads']} CPU threads, text in, logits out)
+
+| backend | {split} {metric} | sentences/s (batch {comparison['batch_size']}) | latency ms, batch 1 (p50 / p95) |
+|---|---|---|---|
+{rows}
+
+ONNX fp32 matches PyTorch to {comparison['max_abs_logit_diff_fp32']:.1e} in the logits on every {split} sentence;
+int8 (onnxruntime dynamic quantisation) costs {comparison['int8_cost_points']:+.2f} points of {split} {metric}.
+
+## How to use
+
+Files: `model.onnx` (fp32), `model.int8.onnx`, `tokenizer.json` (Hugging Face `tokenizers`), `config.json`.
+The graph takes {inputs}: token ids of one length per batch, so group sentences by length (or send one at a time);
+output `logits` (batch × {task.num_labels}).
+
+```bash
+python -m stages predict --backend onnx --model <this directory> {' '.join(repr(x) for x in [example])}
+```
+
+```python
+import json, numpy as np, onnxruntime as ort
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file("tokenizer.json")
+config = json.load(open("config.json"))
+session = ort.InferenceSession("model.int8.onnx")
+ids = lambda text: np.array([tok.encode(text, add_special_tokens=False).ids[:config["max_length"]] or [0]])
+logits = session.run(None, {{{'"ids_a": ids(first), "ids_b": ids(second)' if task.is_pair else '"ids": ids(text)'}}})[0]
+print(config["label_names"][int(logits.argmax())])
+```
+
+Produced by the `export` stage of this repository's DVC pipeline (`dvc repro`); the numbers above are from that run.
+"""
+
+
+def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict,
+                   teacher: dict, data: dict, batch_size: int = 512, throughput_sentences: int = 2000) -> dict:
+    """Write out_dir/{model.onnx, model.int8.onnx, tokenizer.json, config.json, README.md}; return the comparison."""
+    student = load_student(model_dir, "cpu")
+    if str(seed) not in report["scores"]["student"][task.selection_split][task.metrics[0]]["seeds"]:
+        raise StageError(f"seed {seed} is not in the evaluate report's seeds {report['seeds']}; rerun evaluate")
+    run = json.loads((Path(model_dir) / "config.json").read_text())
+    with atomic_path(Path(out_dir), is_dir=True) as tmp:
+        export_onnx(student, tmp / MODEL_FILES["fp32"])
+        quantize_int8(tmp / MODEL_FILES["fp32"], tmp / MODEL_FILES["int8"])
+        shutil.copy(Path(model_dir) / VOCAB_FILE, tmp / TOKENIZER_FILE)
+        config = {**run, "seed": seed, "inputs": ["ids_a", "ids_b"] if task.is_pair else ["ids"],
+                  **{f"params_{k}": v for k, v in count_parameters(student.model).items()}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        comparison = compare_backends(task, student, tmp, raw_dir, batch_size=batch_size,
+                                      throughput_sentences=throughput_sentences)
+        (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data))
+    return {"task": task.name, "seed": seed, **comparison}

@@ -1,0 +1,80 @@
+"""An exported student run with onnxruntime and `tokenizers` alone, without PyTorch: what a service ships.
+
+An export directory (the `export` stage) holds model.onnx, model.int8.onnx, tokenizer.json and config.json.
+The graph takes token ids of one length per batch (`ids`, or `ids_a` and `ids_b` for pairs), as the student
+runs at inference, so sentences are grouped by length here: no final state ever reads a padding step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from stages.errors import StageError
+from stages.vocab import PAD_ID, Vocab
+
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "config.json"
+
+
+def length_groups(lengths_a: np.ndarray, lengths_b: np.ndarray | None, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of at most batch_size whose rows share one length (one pair of lengths)."""
+    keys = lengths_a if lengths_b is None else lengths_a * (int(lengths_b.max(initial=0)) + 1) + lengths_b
+    order = np.argsort(keys, kind="stable")
+    cuts = np.flatnonzero(np.diff(keys[order])) + 1
+    return [chunk for group in np.split(order, cuts) if len(group)
+            for chunk in np.split(group, range(batch_size, len(group), batch_size))]
+
+
+class OnnxStudent:
+    """Raw texts in, logits or class probabilities out, through onnxruntime."""
+
+    def __init__(self, model_dir: Path, variant: str = "fp32", threads: int | None = None):
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        if variant not in MODEL_FILES:
+            raise StageError(f"unknown ONNX variant {variant!r}; choose one of {', '.join(MODEL_FILES)}")
+        needed = [MODEL_FILES[variant], TOKENIZER_FILE, CONFIG_FILE]
+        missing = [name for name in needed if not (model_dir / name).is_file()]
+        if missing:
+            raise StageError(f"{model_dir} is not an exported student (missing {', '.join(missing)}); "
+                             "run the export stage first")
+        self.config = json.loads((model_dir / CONFIG_FILE).read_text())
+        self.vocab = Vocab.load(model_dir / TOKENIZER_FILE)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(model_dir / MODEL_FILES[variant]), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
+            raise StageError(f"{model_dir / MODEL_FILES[variant]} is not a loadable ONNX model ({e})") from None
+
+    def _ids(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+        # An empty text is read as one <pad> step, as the PyTorch student reads it.
+        ids = [row or [PAD_ID] for row in self.vocab.encode_batch(list(texts), self.config["max_length"])]
+        return ids, np.array([len(row) for row in ids], dtype=np.int64)
+
+    def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
+        if self.config["pair"] != (texts_b is not None):
+            raise StageError(f"the {self.config['task']} student expects "
+                             + ("sentence pairs" if self.config["pair"] else "single sentences"))
+        if texts_b is not None and len(texts_b) != len(texts_a):
+            raise StageError(f"{len(texts_a)} first sentences but {len(texts_b)} second ones")
+        ids_a, len_a = self._ids(texts_a)
+        ids_b, len_b = self._ids(texts_b) if texts_b is not None else (None, None)
+        logits = np.zeros((len(texts_a), self.config["num_labels"]), dtype=np.float32)
+        for rows in length_groups(len_a, len_b, batch_size):
+            feed = {"ids_a" if ids_b is not None else "ids": np.array([ids_a[r] for r in rows], dtype=np.int64)}
+            if ids_b is not None:
+                feed["ids_b"] = np.array([ids_b[r] for r in rows], dtype=np.int64)
+            logits[rows] = self.session.run(None, feed)[0]
+        return logits
+
+    def predict_proba(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
+        logits = self.predict_logits(texts_a, texts_b, batch_size)
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return exp / exp.sum(axis=-1, keepdims=True)
