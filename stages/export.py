@@ -158,8 +158,11 @@ def model_card(task: Task, config: dict, seed: int, report: dict, comparison: di
         f"{r['latency_ms_p50']:.2f} / {r['latency_ms_p95']:.2f} |" for name, r in comparison["backends"].items())
     inputs = "`ids_a` and `ids_b` (int64, batch × length each)" if task.is_pair else "`ids` (int64, batch × length)"
     splits = ", ".join(f"{s} {info['rows']:,}" for s, info in data["splits"].items())
-    example = '"first sentence", "second sentence"' if task.is_pair else '"a sentence to classify"'
-    pair_args = "[first], [second]" if task.is_pair else "[text]"
+    cli_example = "$'a first sentence\\ta second sentence'" if task.is_pair else "'a sentence to classify'"
+    py_example = ('first, second = "a first sentence", "a second sentence"' if task.is_pair
+                  else 'text = "a sentence to classify"')
+    cost = comparison["int8_cost_points"]
+    int8_effect = f"costs {cost:.2f} points" if cost >= 0 else f"gains {-cost:.2f} points"
     return f"""---
 library_name: onnx
 pipeline_tag: text-classification
@@ -188,7 +191,7 @@ after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task.label_names)}
 {rows}
 
 ONNX fp32 matches PyTorch to {comparison['max_abs_logit_diff_fp32']:.1e} in the logits on every {split} sentence;
-int8 (onnxruntime dynamic quantisation) costs {comparison['int8_cost_points']:+.2f} points of {split} {metric}.
+int8 (onnxruntime dynamic quantisation) {int8_effect} of {split} {metric}.
 
 ## How to use
 
@@ -197,7 +200,7 @@ The graph takes {inputs}: token ids of one length per batch, so group sentences 
 output `logits` (batch × {task.num_labels}).
 
 ```bash
-python -m stages predict --backend onnx --model <this directory> {' '.join(repr(x) for x in [example])}
+python -m stages predict --backend onnx-int8 --model <this directory> {cli_example}
 ```
 
 ```python
@@ -206,7 +209,8 @@ from tokenizers import Tokenizer
 tok = Tokenizer.from_file("tokenizer.json")
 config = json.load(open("config.json"))
 session = ort.InferenceSession("model.int8.onnx")
-ids = lambda text: np.array([tok.encode(text, add_special_tokens=False).ids[:config["max_length"]] or [0]])
+ids = lambda s: np.array([tok.encode(s, add_special_tokens=False).ids[:config["max_length"]] or [0]])
+{py_example}
 logits = session.run(None, {{{'"ids_a": ids(first), "ids_b": ids(second)' if task.is_pair else '"ids": ids(text)'}}})[0]
 print(config["label_names"][int(logits.argmax())])
 ```

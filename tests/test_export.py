@@ -135,8 +135,11 @@ def test_export_matches_pytorch_and_writes_a_card(tmp_path, task_name):
     card = (root / "export" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: onnx\npipeline_tag: text-classification\n")
     for field in (f"# {task_name} BiLSTM student", "all-MiniLM-L6-v2", "seed 3 of [3]", "80.00 ± 1.00",
-                  "| onnx-int8 |", "python -m stages predict --backend onnx", "ort.InferenceSession"):
+                  "| onnx-int8 |", "python -m stages predict --backend onnx-int8", "ort.InferenceSession"):
         assert field in card, field
+    snippet = card.split("```python\n")[1].split("```")[0]  # the card's "how to use" runs as written
+    ran = subprocess.run([sys.executable, "-c", snippet], cwd=root / "export", capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.strip() in task.label_names, ran.stderr
     config = json.loads((root / "export" / "config.json").read_text())
     assert config["inputs"] == (["ids_a", "ids_b"] if task.is_pair else ["ids"]) and config["label_names"] == list(task.label_names)
 
