@@ -161,6 +161,10 @@ def model_card(task: Task, config: dict, seed: int, report: dict, comparison: di
     cli_example = "$'a first sentence\\ta second sentence'" if task.is_pair else "'a sentence to classify'"
     py_example = ('first, second = "a first sentence", "a second sentence"' if task.is_pair
                   else 'text = "a sentence to classify"')
+    cnn = config.get("arch") == "cnn"
+    name = "CNN" if cnn else "BiLSTM"
+    shape = (f"CNN (Kim 2014: filter widths {', '.join(map(str, config.get('widths', [])))}, {config.get('maps')} maps "
+             "each, max over time)" if cnn else f"one-layer BiLSTM (hidden {config['hidden']})")
     cost = comparison["int8_cost_points"]
     int8_effect = f"costs {cost:.2f} points" if cost >= 0 else f"gains {-cost:.2f} points"
     return f"""---
@@ -169,17 +173,17 @@ pipeline_tag: text-classification
 tags: [knowledge-distillation, bilstm, tang-et-al-2019, {task.name}]
 ---
 
-# {task.name} BiLSTM student (distilled from {teacher.get('model', 'a BERT teacher')})
+# {task.name} {name} student (distilled from {teacher.get('model', 'a BERT teacher')})
 
-A one-layer {'siamese ' if task.is_pair else ''}BiLSTM (hidden {config['hidden']}, FC {config['fc']}, {config['embeddings']}
-embeddings, {config['embedding_mode']}) trained on a fine-tuned BERT teacher's logits over an augmented transfer set,
+{'A siamese' if task.is_pair else 'A'} {shape}, FC {config['fc']}, {config['embeddings']} embeddings
+({config['embedding_mode']}), trained on a fine-tuned BERT teacher's logits over an augmented transfer set,
 after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task.label_names)}.
 
 - **Task and data**: {task.name} ({task.notes or task.source}); splits: {splits}.
 - **Teacher**: `{teacher.get('model')}`, {split} {metric} {100 * teacher[split][metric]:.2f}.
 - **This model**: seed {seed} of {report['seeds']}; {split} {metric} {100 * exported:.2f}.
-- **Over all {n} seeds** ({split}, mean ± sd): student {_pm(scores['student'][split][metric])}, plain BiLSTM
-  (hard labels, no teacher) {_pm(scores['baseline'][split][metric])}; the student keeps
+- **Over all {n} seeds** ({split}, mean ± sd): student {_pm(scores['student'][split][metric])}, the same
+  {name} on hard labels alone (no teacher) {_pm(scores['baseline'][split][metric])}; the student keeps
   {100 * report['student_vs_teacher']['accuracy_ratio']:.1f}% of the teacher's {metric}.
 - **Parameters**: {config.get('params_all', 0):,} ({config.get('params_without_embeddings', 0):,} without embeddings);
   max {config['max_length']} tokens per sentence.

@@ -61,9 +61,10 @@ def markdown(report: dict, task: Task) -> str:
     columns = [f"{split} {metric}" for split in task.eval_splits for metric in task.metrics]
     scores, sizes = report["scores"], report["sizes"]
     lines = [
-        f"# {task.name}: teacher vs BiLSTM baseline vs distilled BiLSTM student",
+        f"# {task.name}: teacher vs baseline vs distilled student",
         "",
-        f"Seeds {report['seeds']}: BiLSTM scores are mean ± sd over them; the teacher is one run (the reference).",
+        f"Seeds {report['seeds']}: student and baseline scores are mean ± sd over them; the teacher is one run "
+        "(the reference).",
         "",
         "| model | " + " | ".join(columns) + " | params (all) | params (no embeddings) | disk MB | sentences/s |",
         "|---|" + "---|" * (len(columns) + 4),

@@ -99,6 +99,8 @@ def test_cnn_exports_to_onnx(tmp_path, task_name):
                             teacher={"model": "m", "dev": {m: 0.9 for m in task.metrics}}, data={"splits": {}},
                             batch_size=16, throughput_sentences=20)
     assert result["max_abs_logit_diff_fp32"] <= 1e-4
+    card = (root / "export" / "README.md").read_text()
+    assert f"# {task_name} CNN student" in card and "filter widths 3, 4, 5, 8 maps each" in card
     texts = ["good", "", "a good film", "one two three four five six seven"]  # shorter and longer than a filter
     second = ["x"] * 4 if task.is_pair else None
     np.testing.assert_allclose(OnnxStudent(root / "export").predict_logits(texts, second),
