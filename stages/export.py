@@ -26,7 +26,6 @@ from stages.student import VOCAB_FILE, Student, load_student
 from stages.student_model import count_parameters
 from stages.tasks import Task
 
-BACKENDS = ("pytorch", "onnx-fp32", "onnx-int8")
 OPSET = 17
 
 
