@@ -152,7 +152,7 @@ def _train_bilstm(kind: str, task: str, seed: int, params: Path) -> None:
     run = paths.run_dir(kind, t.name, seed)
     metrics = train_student(t, train_path, paths.raw_dir(t.name), paths.model_dir(kind, t.name, seed),
                             student=p.student, distill=p.distill, device=resolve_device(p.device), seed=seed,
-                            use_teacher_logits=distilled, live_dir=run)
+                            use_teacher_logits=distilled, live_dir=run, checkpoint_root=paths.cache_dir("student"))
     write_json({"task": t.name, "seed": seed, **metrics}, run / "run.json")
     typer.echo(f"{kind} {t.name} seed {seed}: {metrics}")
 
@@ -163,7 +163,9 @@ def student(task: str = TaskOption, seed: int = SeedOption, params: Path = Param
 
     Loss = distill.alpha * CE(hard labels) + (1 - alpha) * logit loss (distill.loss: mse or kl);
     pair tasks use the siamese BiLSTM. Writes models/student/<task>/seed-<n>/ and
-    metrics/<task>/student/seed-<n>/ (run.json and the per-epoch curves).
+    metrics/<task>/student/seed-<n>/ (run.json and the per-epoch curves). Resumable: the training state is
+    kept after every epoch under data/cache/student/, so a killed run restarted on the same inputs goes on
+    from its last finished epoch.
     """
     _train_bilstm("student", task, seed, params)
 
@@ -276,6 +278,23 @@ def predict(
         else:
             probs = "  ".join(f"{name}={p:.3f}" for name, p in row["probabilities"].items())
             typer.echo(f"{row['label']}\t{probs}\t{row['text']}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def show(ctx: typer.Context) -> None:
+    """`dvc exp show` with readable columns: the summary metrics, the knobs an experiment usually turns
+    (tasks, seeds, teacher model and epochs, transfer-set size, student architecture, embeddings and size,
+    distillation loss, alpha and epochs) and any other param that differs between the rows, without the
+    dependency hashes. Any other argument goes to `dvc exp show` (e.g. --csv, --md, -A, --sort-by)."""
+    import shutil
+    import subprocess
+
+    from stages.exp_table import exp_show_args
+
+    dvc = shutil.which("dvc")
+    if dvc is None:
+        raise StageError("the dvc command is not on PATH; run `make setup` and activate .venv")
+    sys.exit(subprocess.run([dvc, "exp", "show", *exp_show_args(), *ctx.args]).returncode)
 
 
 def _is_main_process() -> bool:

@@ -19,16 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from stages.errors import StageError
-from stages.io import LABELED_SCHEMA, TRANSFER_SCHEMA, read_parquet, write_parquet
+from stages.io import LABELED_SCHEMA, TRANSFER_SCHEMA, file_digest, read_parquet, write_parquet
 from stages.tasks import Task
 from stages.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
                                   load_for_classification)
-
-
-def _file_digest(path: Path, digest) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
 
 
 def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int) -> str:
@@ -36,7 +30,7 @@ def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int) -> str
     digest = hashlib.sha256(f"max_length={max_length}".encode())
     for path in [Path(transfer_path), *sorted(p for p in Path(teacher_dir).rglob("*") if p.is_file())]:
         digest.update(path.name.encode())
-        _file_digest(path, digest)
+        file_digest(path, digest)
     return digest.hexdigest()[:20]
 
 

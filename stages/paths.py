@@ -43,5 +43,10 @@ def seed_name(seed: int) -> str:
     return f"seed-{seed}"
 
 
+def cache_dir(stage: str) -> Path:
+    """Resumable work of a stage (label shards, student epochs): kept across killed runs, never a DVC output."""
+    return DATA / "cache" / stage
+
+
 def metrics_dir(task: str) -> Path:
     return METRICS / task

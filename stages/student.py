@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
+from stages.checkpoint import EpochCheckpoint, run_key
 from stages.batching import DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches
 from stages.errors import StageError
 from stages.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, read_parquet
@@ -261,15 +262,28 @@ def _open_live(live_dir: Path | None):
     return Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
 
 
+def _log_epoch(live, train_loss: float, dev: dict, dev_loss: dict) -> None:
+    if live is None:
+        return
+    live.log_metric("train/loss", train_loss)
+    for split, values in dev.items():
+        for name, value in values.items():
+            live.log_metric(f"{split}/{name}", value)
+        live.log_metric(f"{split}/loss", dev_loss[split])
+    live.next_step()
+
+
 def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *, student: StudentParams,
                   distill: DistillParams, device: torch.device, seed: int, use_teacher_logits: bool,
-                  live_dir: Path | None = None) -> dict:
+                  live_dir: Path | None = None, checkpoint_root: Path | None = None) -> dict:
     """Train a student (student.arch: the BiLSTM or the CNN) on train_path, select the best epoch on the task's selection split, save it.
 
     use_teacher_logits=True (student stage): train_path is the labelled transfer set and the loss is
     distill.alpha * CE + (1 - alpha) * logit loss. False (baseline stage): train_path is the raw
     training split and the loss is cross-entropy alone (alpha = 1).
-    Writes out_dir/{model.pt, config.json, tokenizer.json}; returns the metrics.
+    Writes out_dir/{model.pt, config.json, tokenizer.json}; returns the metrics. With `checkpoint_root`
+    the training state is saved there after every epoch and a rerun on the same inputs resumes from it
+    (stages/checkpoint.py).
     """
     start = time.perf_counter()
     seed_everything(seed)
@@ -289,10 +303,33 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     selection, metric = task.selection_split, task.metrics[0]
 
     best = {"score": (-np.inf, -np.inf), "epoch": 0, "state": None, "dev": None}
-    epochs_run = 0
+    history: list[dict] = []  # what each epoch logged, so a resumed run's curves are whole
+    checkpoint = None
+    if checkpoint_root is not None:
+        kind = "student" if use_teacher_logits else "baseline"
+        checkpoint = EpochCheckpoint(checkpoint_root, f"{task.name}-{kind}-{seed}", run_key(
+            [train_path, *sorted(p for p in Path(dev_dir).glob("*.parquet"))],
+            {"student": student.model_dump(), "distill": distill.model_dump(), "seed": seed,
+             "use_teacher_logits": use_teacher_logits, "device": device.type}))
+        saved = checkpoint.load()
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["torch_rng"])
+            if device.type == "cuda" and saved.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(saved["cuda_rng"], device)
+            generator.set_state(saved["generator"])
+            best, history = saved["best"], saved["history"]
+            print(f"{task.name}: resuming after epoch {len(history)} from {checkpoint.path}", file=sys.stderr)
+    epochs_run = len(history)
     live = _open_live(live_dir)
     try:
-        for epoch in range(1, distill.epochs + 1):
+        for logged in history:
+            _log_epoch(live, **logged)
+        first = len(history) + 1
+        if history and len(history) - best["epoch"] >= distill.patience:
+            first = distill.epochs + 1  # it had already stopped early
+        for epoch in range(first, distill.epochs + 1):
             epochs_run = epoch
             batches = train.examples.batches(distill.batching, batch_size, generator)
             train_loss = _train_epoch(model, optimizer, train, batches, alpha=alpha,
@@ -311,13 +348,15 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
                 best = {"score": score, "epoch": epoch, "state": state, "dev": dev}
             print(f"{task.name} epoch {epoch}: train loss {train_loss:.4f}, {selection} {metric} {score[0]:.4f}, "
                   f"{selection} loss {dev_loss[selection]:.4f}" + (" (best)" if improved else ""), file=sys.stderr)
-            if live is not None:
-                live.log_metric("train/loss", train_loss)
-                for split, values in dev.items():
-                    for name, value in values.items():
-                        live.log_metric(f"{split}/{name}", value)
-                    live.log_metric(f"{split}/loss", dev_loss[split])
-                live.next_step()
+            history.append({"train_loss": train_loss, "dev": dev, "dev_loss": dev_loss})
+            _log_epoch(live, **history[-1])
+            if checkpoint is not None:
+                checkpoint.save({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "best": best, "history": history,
+                })
             if epoch - best["epoch"] >= distill.patience:
                 break
     finally:
@@ -328,6 +367,8 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
         torch.save(best["state"], tmp / MODEL_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         vocab.save(tmp / VOCAB_FILE)
+    if checkpoint is not None:
+        checkpoint.finish()
 
     counts = count_parameters(model)
     return {

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.exp_table import KEY_PARAMS
 from tests.conftest import REPO, pair_rows, write_glue_split, write_params
 
 pytestmark = pytest.mark.slow
@@ -128,13 +129,23 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
 
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "baseline results"], repo)
-    experiment = _run(["dvc", "exp", "run", "-S", "student.hidden=12"], repo)
-    # the student's size changes the student and the plain BiLSTM (the same network) for every seed, and the
-    # summary; never the teacher or the transfer set
+    experiment = _run(["dvc", "exp", "run", "-S", "student.hidden=12", "-S", "distill.rho=0.9"], repo)
+    # the student's size (and its optimizer) change the student and the plain BiLSTM (the same network) for
+    # every seed, and the summary; never the teacher or the transfer set
     assert _ran(experiment) == ({f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)}
                                 | {f"{s}@{t}" for s in ("evaluate", "export") for t in TASKS})
     changed = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo))
     assert "student.dev_accuracy" in json.dumps(changed["metrics/sst2/summary.json"])
+
+    # `python -m stages show`: every metric, the key params, the param that differs (rho) and nothing else
+    full = next(csv.reader(io.StringIO(_run(["dvc", "exp", "show", "--csv"], repo))))
+    shown = next(csv.reader(io.StringIO(_run([sys.executable, "-m", "stages", "show", "--csv"], repo))))
+    metrics = [c for c in full if c.startswith("metrics/")]
+    params = [c for c in full if c not in metrics and c not in shown[:5] and "/" not in c]
+    assert len(full) > 100 and len(metrics) > len(MRPC_COLUMNS)  # both tasks' summaries, prefixed by DVC
+    assert shown == ["Experiment", "rev", "typ", "Created", "parent", *metrics,
+                     *[c for c in params if c.split(":")[-1] in (*KEY_PARAMS, "distill.rho")]]
+    assert "params.yaml:seeds" in shown and "distill.lr" in params and "distill.lr" not in shown
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "hidden 12"], repo)
 

@@ -296,12 +296,13 @@ def rt_data(tmp_path_factory) -> Path:
 SMALL = dict(hidden=16, fc=16, vocab_size=100, max_length=16)
 
 
-def baseline(rt_data: Path, out: Path, live_dir: Path | None = None, seed: int = 0, **student) -> dict:
+def baseline(rt_data: Path, out: Path, live_dir: Path | None = None, seed: int = 0, checkpoint_root: Path | None = None,
+             **student) -> dict:
     return train_student(
         get_task("rt"), rt_data / "train.parquet", rt_data, out,
         student=StudentParams(**{**SMALL, "embeddings": "random", "embedding_mode": "rand", **student}),
         distill=DistillParams(batch_size=10, epochs=6, patience=6), device=CPU, seed=seed,
-        use_teacher_logits=False, live_dir=live_dir,
+        use_teacher_logits=False, live_dir=live_dir, checkpoint_root=checkpoint_root,
     )
 
 
@@ -335,6 +336,54 @@ def test_baseline_learns_saves_reloads_and_repeats(rt_data, tmp_path):
     assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in metrics.items() if k not in drop}
     a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_run_resumes_after_its_last_epoch_with_the_same_result(rt_data, tmp_path, monkeypatch):
+    import stages.student as student_module
+
+    def run(out: str, live: str, **student):
+        return baseline(rt_data, tmp_path / out, live_dir=tmp_path / live, checkpoint_root=tmp_path / "ckpt",
+                        dropout=0.3, **student)
+
+    whole = baseline(rt_data, tmp_path / "whole", live_dir=tmp_path / "live-whole", dropout=0.3)
+
+    # killed during epoch 4: epochs 1-3 are saved
+    real_epoch, calls = student_module._train_epoch, []
+
+    def dies_in_epoch_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(student_module, "_train_epoch", dies_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed", "live-resumed")
+    assert not (tmp_path / "resumed").exists()
+    (saved,) = (tmp_path / "ckpt").iterdir()
+    assert saved.name.startswith("rt-baseline-0-") and len(torch.load(saved / "epoch.pt", weights_only=False)["history"]) == 3
+
+    # restarted: only epochs 4-6 train, and weights, metrics and curves equal the uninterrupted run's
+    calls.clear()
+    resumed = run("resumed", "live-resumed")
+    assert len(calls) == 3
+    drop = ("train_seconds",)
+    assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in whole.items() if k not in drop}
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("whole", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    curve = lambda live: [line.split("\t")[-1] for line in
+                          (tmp_path / live / "plots/metrics/dev/accuracy.tsv").read_text().splitlines()]
+    assert curve("live-resumed") == curve("live-whole") and len(curve("live-whole")) == 1 + 6
+    assert not any((tmp_path / "ckpt").iterdir())  # a finished run leaves no state behind
+
+    # state saved for other inputs (here another student size) is never resumed, and is deleted
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run("small", "live-small", hidden=8)
+    assert len(list((tmp_path / "ckpt").iterdir())) == 1
+    again = run("other", "live-other")  # the 5th call onwards: no more kills
+    assert len(calls) == 4 + 6 and again["epochs_run"] == 6 and again["dev"] == whole["dev"]
+    assert not any((tmp_path / "ckpt").iterdir())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")

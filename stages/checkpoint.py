@@ -1,0 +1,67 @@
+"""Resumable student training: the whole training state is saved after every epoch.
+
+One epoch over a full transfer set takes an hour on a 2-core CPU at MNLI size (README, "Scale"), so a
+killed `student` or `baseline` run must not start over. After each epoch the model and optimizer
+state, the random number generators, the best epoch so far and the logged curves are written (whole
+or not at all) to data/cache/student/<run>-<key>/epoch.pt, where the key hashes everything that decides
+the run: the training file, the task's split files, the student and distill params, the seed and the
+device type. A run restarted on the same inputs continues after its last finished epoch and ends with
+exactly the weights of an uninterrupted run; other inputs never resume it (their stale state is
+deleted), and a finished run deletes its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from stages.io import file_digest
+
+STATE_FILE = "epoch.pt"
+
+
+def run_key(files: list[Path], settings: dict) -> str:
+    """Hash of the files' names and bytes and of `settings` (JSON-serialisable)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in files:
+        digest.update(Path(path).name.encode())
+        file_digest(Path(path), digest)
+    return digest.hexdigest()[:20]
+
+
+class EpochCheckpoint:
+    """The last finished epoch's training state of one run (`name`, e.g. rt-student-seed-1) for one key."""
+
+    def __init__(self, root: Path, name: str, key: str):
+        self.dir = Path(root) / f"{name}-{key}"
+        for stale in Path(root).glob(f"{name}-*"):  # another key: state of other inputs, never resumable
+            if stale != self.dir and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+
+    @property
+    def path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none (or it cannot be read: then training starts over)."""
+        if not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # a state from another torch version or a damaged file: start over, never fail
+            return None
+
+    def save(self, state: dict) -> None:
+        """Write the state beside the old one, then replace it: a kill mid-write leaves the previous epoch."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{STATE_FILE}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def finish(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
