@@ -39,7 +39,9 @@ class EpochCheckpoint:
 
     def __init__(self, root: Path, name: str, key: str):
         self.dir = Path(root) / f"{name}-{key}"
-        for stale in Path(root).glob(f"{name}-*"):  # another key: state of other inputs, never resumable
+        # the same run with another key holds state of other inputs, never resumable (and never another
+        # run's: rt-student-seed-1-<key> must not take rt-student-seed-10-<key>)
+        for stale in Path(root).glob(f"{name}-" + "?" * len(key)):
             if stale != self.dir and stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
 

@@ -361,7 +361,9 @@ def test_a_killed_run_resumes_after_its_last_epoch_with_the_same_result(rt_data,
         run("resumed", "live-resumed")
     assert not (tmp_path / "resumed").exists()
     (saved,) = (tmp_path / "ckpt").iterdir()
-    assert saved.name.startswith("rt-baseline-0-") and len(torch.load(saved / "epoch.pt", weights_only=False)["history"]) == 3
+    assert saved.name.startswith("rt-baseline-seed-0-") and len(torch.load(saved / "epoch.pt", weights_only=False)["history"]) == 3
+    other_seed = tmp_path / "ckpt" / ("rt-baseline-seed-01-" + "0" * 20)  # seed 01's state: not this run's
+    other_seed.mkdir()
 
     # restarted: only epochs 4-6 train, and weights, metrics and curves equal the uninterrupted run's
     calls.clear()
@@ -374,7 +376,8 @@ def test_a_killed_run_resumes_after_its_last_epoch_with_the_same_result(rt_data,
     curve = lambda live: [line.split("\t")[-1] for line in
                           (tmp_path / live / "plots/metrics/dev/accuracy.tsv").read_text().splitlines()]
     assert curve("live-resumed") == curve("live-whole") and len(curve("live-whole")) == 1 + 6
-    assert not any((tmp_path / "ckpt").iterdir())  # a finished run leaves no state behind
+    assert list((tmp_path / "ckpt").iterdir()) == [other_seed]  # a finished run leaves no state behind
+    other_seed.rmdir()
 
     # state saved for other inputs (here another student size) is never resumed, and is deleted
     calls.clear()
