@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from stages.io import file_digest
+from stages.io import KEY_LENGTH, file_digest, remove_other_keys
 
 STATE_FILE = "epoch.pt"
 
@@ -31,7 +31,7 @@ def run_key(files: list[Path], settings: dict) -> str:
     for path in files:
         digest.update(Path(path).name.encode())
         file_digest(Path(path), digest)
-    return digest.hexdigest()[:20]
+    return digest.hexdigest()[:KEY_LENGTH]
 
 
 class EpochCheckpoint:
@@ -39,11 +39,7 @@ class EpochCheckpoint:
 
     def __init__(self, root: Path, name: str, key: str):
         self.dir = Path(root) / f"{name}-{key}"
-        # the same run with another key holds state of other inputs, never resumable (and never another
-        # run's: rt-student-seed-1-<key> must not take rt-student-seed-10-<key>)
-        for stale in Path(root).glob(f"{name}-" + "?" * len(key)):
-            if stale != self.dir and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+        remove_other_keys(root, name, keep=self.dir)
 
     @property
     def path(self) -> Path:

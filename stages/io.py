@@ -71,6 +71,17 @@ def file_digest(path: Path, digest) -> None:
             digest.update(block)
 
 
+KEY_LENGTH = 20  # hex digits of a resumable run's input key: <name>-<key> under data/cache/<stage>/
+
+
+def remove_other_keys(root: Path, name: str, keep: Path) -> None:
+    """Delete root/<name>-<key> folders other than `keep`: resumable work of other inputs, never reusable.
+    Exactly KEY_LENGTH characters after the name, so `rt` never takes `rt-reviews-<key>` (or seed 1 seed 10's)."""
+    for stale in Path(root).glob(f"{name}-" + "?" * KEY_LENGTH):
+        if stale != keep and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def write_parquet(table: pa.Table, path: Path) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stages.errors import StageError
-from stages.io import LABELED_SCHEMA, TRANSFER_SCHEMA, file_digest, read_parquet, write_parquet
+from stages.io import KEY_LENGTH, LABELED_SCHEMA, TRANSFER_SCHEMA, file_digest, read_parquet, remove_other_keys, write_parquet
 from stages.tasks import Task
 from stages.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
                                   load_for_classification)
@@ -31,7 +31,7 @@ def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int) -> str
     for path in [Path(transfer_path), *sorted(p for p in Path(teacher_dir).rglob("*") if p.is_file())]:
         digest.update(path.name.encode())
         file_digest(path, digest)
-    return digest.hexdigest()[:20]
+    return digest.hexdigest()[:KEY_LENGTH]
 
 
 def load_teacher(teacher_dir: Path, device: torch.device):
@@ -54,9 +54,7 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
 
     key = labeling_key(transfer_path, teacher_dir, max_length)
     cache = Path(cache_root) / f"{task.name}-{key}"
-    for stale in Path(cache_root).glob(f"{task.name}-*"):  # shards of other inputs can never be reused
-        if stale != cache:
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_other_keys(cache_root, task.name, keep=cache)  # shards of other inputs can never be reused
     cache.mkdir(parents=True, exist_ok=True)
 
     n_rows = transfer.num_rows

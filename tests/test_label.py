@@ -105,10 +105,12 @@ def test_shards_of_other_inputs_are_not_reused(tmp_path, teacher_dirs):
     stale = cache / "sst2-0123456789abcdef0123"
     stale.mkdir(parents=True)
     (stale / "shard-00000-of-00001.parquet").write_bytes(b"old")
+    other_task = cache / "sst2-reviews-0123456789abcdef0123"  # a dataset named sst2-reviews: not sst2's to delete
+    other_task.mkdir()
     write_transfer(tmp_path / "transfer.parquet", n=12)
     summary = label(task, tmp_path / "transfer.parquet", teacher_dirs[2], tmp_path / "out.parquet", device=CPU,
                     cache_root=cache)
-    assert summary["rows_reused_from_cache"] == 0 and not stale.exists()
+    assert summary["rows_reused_from_cache"] == 0 and not stale.exists() and other_task.is_dir()
 
 
 def test_bad_inputs(tmp_path, teacher_dirs):
