@@ -45,17 +45,30 @@ class EpochCheckpoint:
     def path(self) -> Path:
         return self.dir / STATE_FILE
 
-    def load(self) -> dict | None:
-        """The saved state, or None when there is none (or it cannot be read: then training starts over)."""
+    def restore(self, model, optimizer, generator: torch.Generator, device: torch.device) -> dict | None:
+        """Put the saved weights, optimizer and random generators back; return the saved progress (what
+        `save` got as keywords), or None when there is no state (or it cannot be read: training starts over)."""
         if not self.path.exists():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=False)
+            saved = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception:  # a state from another torch version or a damaged file: start over, never fail
             return None
+        model.load_state_dict(saved.pop("model"))
+        optimizer.load_state_dict(saved.pop("optimizer"))
+        torch.set_rng_state(saved.pop("torch_rng"))
+        cuda_rng = saved.pop("cuda_rng")
+        if device.type == "cuda" and cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, device)
+        generator.set_state(saved.pop("generator"))
+        return saved
 
-    def save(self, state: dict) -> None:
-        """Write the state beside the old one, then replace it: a kill mid-write leaves the previous epoch."""
+    def save(self, model, optimizer, generator: torch.Generator, device: torch.device, **progress) -> None:
+        """The training state after an epoch, plus `progress` (best epoch, logged curves). Written beside the
+        old state, then moved over it: a kill mid-write leaves the previous epoch."""
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
+                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, **progress}
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".{STATE_FILE}.tmp"
         torch.save(state, tmp)

@@ -311,14 +311,8 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
             [train_path, *sorted(p for p in Path(dev_dir).glob("*.parquet"))],
             {"student": student.model_dump(), "distill": distill.model_dump(), "seed": seed,
              "use_teacher_logits": use_teacher_logits, "device": device.type}))
-        saved = checkpoint.load()
+        saved = checkpoint.restore(model, optimizer, generator, device)
         if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["torch_rng"])
-            if device.type == "cuda" and saved.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(saved["cuda_rng"], device)
-            generator.set_state(saved["generator"])
             best, history = saved["best"], saved["history"]
             print(f"{task.name}: resuming after epoch {len(history)} from {checkpoint.path}", file=sys.stderr)
     epochs_run = len(history)
@@ -351,12 +345,7 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
             history.append({"train_loss": train_loss, "dev": dev, "dev_loss": dev_loss})
             _log_epoch(live, **history[-1])
             if checkpoint is not None:
-                checkpoint.save({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "best": best, "history": history,
-                })
+                checkpoint.save(model, optimizer, generator, device, best=best, history=history)
             if epoch - best["epoch"] >= distill.patience:
                 break
     finally:
