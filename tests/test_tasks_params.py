@@ -78,3 +78,25 @@ def test_missing_or_broken_params_file(tmp_path: Path):
     bad.write_text("tasks: [rt\n")
     with pytest.raises(StageError, match="not valid YAML"):
         load_params(bad)
+
+
+@pytest.mark.parametrize("baseline_epochs, expected", [(None, 3), (10, 10)])
+def test_the_baseline_trains_with_its_own_epoch_budget_and_the_student_with_epochs(
+        tmp_path: Path, monkeypatch, baseline_epochs, expected):
+    import stages.student
+    from stages.cli import baseline, student
+
+    seen = {}
+
+    def fake_train(task, train_path, raw_dir, out_dir, *, distill, use_teacher_logits, **kwargs):
+        seen["student" if use_teacher_logits else "baseline"] = distill
+        return {}
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stages.student, "train_student", fake_train)
+    path = write_params(tmp_path / "params.yaml", distill={"epochs": 3, "baseline_epochs": baseline_epochs})
+    baseline(task="rt", seed=1, params=path)
+    student(task="rt", seed=1, params=path)
+    assert seen["baseline"].epochs == expected and seen["student"].epochs == 3
+    # nothing else of the baseline's settings moves
+    assert seen["baseline"].model_dump(exclude={"epochs"}) == seen["student"].model_dump(exclude={"epochs"})
