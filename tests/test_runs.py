@@ -1,0 +1,44 @@
+"""The committed full-scale runs (runs/<task>-full/, README "The paper at full scale"): each one's dvc.lock must
+record exactly the params of its params.yaml, and its report must cover exactly that file's seeds, so no
+result in the README can silently come from other settings than the committed file says."""
+
+import json
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from stages.params import load_params
+from tests.conftest import REPO
+
+RUNS = sorted(p for p in (REPO / "runs").glob("*-full") if p.is_dir())
+
+
+def _get(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree[key]
+    return tree
+
+
+def test_there_are_full_scale_runs():
+    assert {p.name for p in RUNS} >= {"sst2-full", "mrpc-full", "rte-full"}
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
+def test_a_committed_run_is_the_params_file_it_ships_with(run: Path):
+    yaml = YAML(typ="safe")  # YAML 1.2, as DVC reads and writes these files (5e-05 is a number)
+    params_file = yaml.load((run / "params.yaml").read_text())
+    params = load_params(run / "params.yaml")  # still a valid params file for today's code
+    (task,) = params.tasks
+    stages = yaml.load((run / "dvc.lock").read_text())["stages"]
+    for name, stage in stages.items():
+        for key, value in stage.get("params", {}).get("params.yaml", {}).items():
+            assert _get(params_file, key) == value, f"{run.name}: {name} ran with {key}={value!r}"
+    trained = {int(n.rsplit("-", 1)[1]) for n in stages if n.startswith(f"student@{task}-")}
+    assert trained == set(params.seeds)
+    report = json.loads((run / "metrics" / task / "report.json").read_text())
+    assert report["task"] == task and report["seeds"] == params.seeds
+    for kind in ("student", "baseline"):
+        for seed in params.seeds:
+            run_json = json.loads((run / "metrics" / task / kind / f"seed-{seed}" / "run.json").read_text())
+            assert run_json["seed"] == seed and run_json["task"] == task
