@@ -150,8 +150,9 @@ def _train_bilstm(kind: str, task: str, seed: int, params: Path) -> None:
     distilled = kind == "student"
     train_path = paths.labeled_file(t.name) if distilled else paths.raw_dir(t.name) / "train.parquet"
     run = paths.run_dir(kind, t.name, seed)
+    distill = p.distill if distilled else p.distill.for_baseline()
     metrics = train_student(t, train_path, paths.raw_dir(t.name), paths.model_dir(kind, t.name, seed),
-                            student=p.student, distill=p.distill if distilled else p.distill.for_baseline(), device=resolve_device(p.device), seed=seed,
+                            student=p.student, distill=distill, device=resolve_device(p.device), seed=seed,
                             use_teacher_logits=distilled, live_dir=run, checkpoint_root=paths.cache_dir("student"))
     write_json({"task": t.name, "seed": seed, **metrics}, run / "run.json")
     typer.echo(f"{kind} {t.name} seed {seed}: {metrics}")
