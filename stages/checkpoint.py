@@ -12,26 +12,15 @@ deleted), and a finished run deletes its own.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from stages.io import KEY_LENGTH, file_digest, remove_other_keys
+from stages.io import remove_other_keys
 
 STATE_FILE = "epoch.pt"
-
-
-def run_key(files: list[Path], settings: dict) -> str:
-    """Hash of the files' names and bytes and of `settings` (JSON-serialisable)."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for path in files:
-        digest.update(Path(path).name.encode())
-        file_digest(Path(path), digest)
-    return digest.hexdigest()[:KEY_LENGTH]
 
 
 class EpochCheckpoint:

@@ -7,6 +7,7 @@ is killed never leaves a half-written file where the next stage (or DVC) would t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -64,14 +65,19 @@ def atomic_path(final: Path, is_dir: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def file_digest(path: Path, digest) -> None:
-    """Feed a file's bytes to a hashlib digest, a megabyte at a time."""
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-
-
 KEY_LENGTH = 20  # hex digits of a resumable run's input key: <name>-<key> under data/cache/<stage>/
+
+
+def input_key(files: list[Path], settings: dict) -> str:
+    """Key of resumable work (label shards, student epochs): a hash of the files' names and bytes and of
+    `settings` (JSON-serialisable), KEY_LENGTH hex digits."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in files:
+        digest.update(Path(path).name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:KEY_LENGTH]
 
 
 def remove_other_keys(root: Path, name: str, keep: Path) -> None:

@@ -7,7 +7,6 @@ same inputs skips the finished shards, and the output appears only once, whole.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stages.errors import StageError
-from stages.io import KEY_LENGTH, LABELED_SCHEMA, TRANSFER_SCHEMA, file_digest, read_parquet, remove_other_keys, write_parquet
+from stages.io import LABELED_SCHEMA, TRANSFER_SCHEMA, input_key, read_parquet, remove_other_keys, write_parquet
 from stages.tasks import Task
 from stages.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
                                   load_for_classification)
@@ -27,11 +26,8 @@ from stages.teacher_model import (ResolvedModel, batch_logits, encode_pairs, len
 
 def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int) -> str:
     """Hash of everything that decides the logits: the transfer file, the teacher's files, max_length."""
-    digest = hashlib.sha256(f"max_length={max_length}".encode())
-    for path in [Path(transfer_path), *sorted(p for p in Path(teacher_dir).rglob("*") if p.is_file())]:
-        digest.update(path.name.encode())
-        file_digest(path, digest)
-    return digest.hexdigest()[:KEY_LENGTH]
+    teacher_files = sorted(p for p in Path(teacher_dir).rglob("*") if p.is_file())
+    return input_key([transfer_path, *teacher_files], {"max_length": max_length})
 
 
 def load_teacher(teacher_dir: Path, device: torch.device):

@@ -21,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from stages.batching import DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches
-from stages.checkpoint import EpochCheckpoint, run_key
+from stages.checkpoint import EpochCheckpoint
 from stages.errors import StageError
-from stages.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, read_parquet
+from stages.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, input_key, read_parquet
 from stages.metrics import task_metrics
 from stages.params import DistillParams, StudentParams
 from stages.runtime import seed_everything
@@ -307,7 +307,7 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     checkpoint = None
     if checkpoint_root is not None:
         kind = "student" if use_teacher_logits else "baseline"
-        checkpoint = EpochCheckpoint(checkpoint_root, f"{task.name}-{kind}-seed-{seed}", run_key(
+        checkpoint = EpochCheckpoint(checkpoint_root, f"{task.name}-{kind}-seed-{seed}", input_key(
             [train_path, *sorted(p for p in Path(dev_dir).glob("*.parquet"))],
             {"student": student.model_dump(), "distill": distill.model_dump(), "seed": seed,
              "use_teacher_logits": use_teacher_logits, "device": device.type}))
