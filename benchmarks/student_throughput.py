@@ -58,6 +58,24 @@ def _train_rate(model0, data: _OnDevice, distill, batching: str, batch_size: int
     return len(data.examples) / (time.perf_counter() - start)
 
 
+def _lstm_ceiling(model0, data: _OnDevice, batch_size: int, device, seed: int) -> float:
+    lstm = copy.deepcopy(model0.lstm).train()
+    batches = data.examples.batches("buckets", batch_size, torch.Generator().manual_seed(seed))
+    elapsed = 0.0
+    for i, (_, inputs) in enumerate(data.batches(batches)):
+        with torch.no_grad():
+            x = model0.embed(inputs["ids_a"])
+        x.requires_grad_()  # the non-static embeddings are trained, so the input's gradient is computed
+        _sync(device)
+        start = time.perf_counter()
+        _, (h_n, _) = lstm(x)
+        h_n.sum().backward()
+        _sync(device)
+        if i >= WARMUP_BATCHES:
+            elapsed += time.perf_counter() - start
+    return sum(len(rows) for rows in batches[WARMUP_BATCHES:]) / elapsed
+
+
 def _infer_rate(student: Student, texts_a, texts_b, exact: bool, device) -> tuple[float, np.ndarray]:
     student.predict_logits(texts_a[:64], texts_b[:64] if texts_b else None, exact=exact)  # warm-up
     _sync(device)
@@ -97,6 +115,9 @@ def main(task: str = typer.Option("rt", help="Task whose labelled transfer set t
         for batching in ("sorted-windows", "buckets"):
             row[f"train_{batching}"] = round(_train_rate(model0, on_device, p.distill, batching, batch_size,
                                                          device, p.seed), 1)
+        if not t.is_pair and hasattr(model0, "lstm"):
+            row["train_lstm_ceiling"] = round(_lstm_ceiling(model0, on_device, batch_size, device, p.seed), 1)
+            row["ceiling_ratio"] = round(row["train_lstm_ceiling"] / row["train_sorted-windows"], 2)
         student = Student(copy.deepcopy(model0).eval(), data.vocab, data.config, device)
         row["infer_packed"], packed = _infer_rate(student, texts_a, texts_b, False, device)
         row["infer_exact"], exact = _infer_rate(student, texts_a, texts_b, True, device)
@@ -110,7 +131,9 @@ def main(task: str = typer.Option("rt", help="Task whose labelled transfer set t
     print(f"task {t.name}, {len(train)} training rows, batch {batch_size}, device {device}: "
           f"fastest at {best['threads']} thread(s); training {best['train_ratio']}x "
           f"({best['train_buckets']:,.0f} vs {best['train_sorted-windows']:,.0f} rows/s), "
-          f"inference {best['infer_ratio']}x ({best['infer_exact']:,.0f} vs {best['infer_packed']:,.0f} sentences/s)")
+          f"inference {best['infer_ratio']}x ({best['infer_exact']:,.0f} vs {best['infer_packed']:,.0f} sentences/s)"
+          + (f"; the LSTM calls alone bound training at {best['ceiling_ratio']}x "
+             f"({best['train_lstm_ceiling']:,.0f} rows/s)" if "ceiling_ratio" in best else ""))
 
 
 if __name__ == "__main__":
