@@ -242,6 +242,7 @@ def export(task: str = TaskOption, params: Path = ParamsOption) -> None:
     for name, r in result["backends"].items():
         typer.echo(f"{t.name} {name}: {r['scores']} {r['sentences_per_s']:,.0f} sentences/s, "
                    f"batch-1 p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
+    typer.echo(f"{t.name} int8 costs {result['int8_cost_points']} points: the card recommends {result['recommended']}")
 
 
 @app.command()

@@ -27,6 +27,10 @@ from stages.student_model import count_parameters
 from stages.tasks import Task
 
 OPSET = 17
+# int8 is the card's recommendation only when it costs at most this many points of the task's selection
+# metric on dev; otherwise the card recommends fp32. Dynamic int8 can break a siamese student: its |h1 - h2|
+# feature turns the two encoders' independent rounding errors into a bias (MRPC: 16.67 points).
+INT8_MAX_COST_POINTS = 0.5
 
 
 class DenseStudent(nn.Module):
@@ -131,16 +135,22 @@ def compare_backends(task: Task, student: Student, export_dir: Path, raw_dir: Pa
         results[name] = {"scores": scores, **_timed(run, sample_a, sample_b, batch_size, latency_sentences)}
     metric = task.metrics[0]
     gap = max(float(np.abs(logits["onnx-fp32", s] - logits["pytorch", s]).max()) for s in dev)
+    cost = round(100 * (results["pytorch"]["scores"][split][metric] - results["onnx-int8"]["scores"][split][metric]), 2)
     return {
         "backends": results,
         "max_abs_logit_diff_fp32": gap,
-        "int8_cost_points": round(100 * (results["pytorch"]["scores"][split][metric]
-                                         - results["onnx-int8"]["scores"][split][metric]), 2),
+        "int8_cost_points": cost,
+        "recommended": recommended_variant(cost),
         "int8_speedup_over_pytorch": round(results["onnx-int8"]["sentences_per_s"]
                                            / results["pytorch"]["sentences_per_s"], 2),
         "selection": f"{split} {metric}", "batch_size": batch_size, "throughput_sentences": len(sample_a),
         "latency_sentences": min(latency_sentences, len(sample_a)), "threads": torch.get_num_threads(),
     }
+
+
+def recommended_variant(int8_cost_points: float) -> str:
+    """The ONNX file the card recommends: int8 when it costs at most INT8_MAX_COST_POINTS on dev, else fp32."""
+    return "int8" if int8_cost_points <= INT8_MAX_COST_POINTS else "fp32"
 
 
 def _pm(stat: dict) -> str:
@@ -166,6 +176,11 @@ def model_card(task: Task, config: dict, seed: int, report: dict, comparison: di
              "each, max over time)" if cnn else f"one-layer BiLSTM (hidden {config['hidden']})")
     cost = comparison["int8_cost_points"]
     int8_effect = f"costs {cost:.2f} points" if cost >= 0 else f"gains {-cost:.2f} points"
+    variant = comparison["recommended"]
+    backend, model_file = ("onnx-int8" if variant == "int8" else "onnx"), MODEL_FILES[variant]
+    advice = (f"at most the {INT8_MAX_COST_POINTS} allowed, so use `{model_file}`" if variant == "int8" else
+              f"more than the {INT8_MAX_COST_POINTS} allowed, so use `{model_file}` (fp32); `{MODEL_FILES['int8']}` is "
+              "kept for comparison")
     return f"""---
 library_name: onnx
 pipeline_tag: text-classification
@@ -194,7 +209,7 @@ after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task.label_names)}
 {rows}
 
 ONNX fp32 matches PyTorch to {comparison['max_abs_logit_diff_fp32']:.1e} in the logits on every {split} sentence;
-int8 (onnxruntime dynamic quantisation) {int8_effect} of {split} {metric}.
+int8 (onnxruntime dynamic quantisation) {int8_effect} of {split} {metric}: {advice}.
 
 ## How to use
 
@@ -203,7 +218,7 @@ The graph takes {inputs}: token ids of one length per batch, so group sentences 
 output `logits` (batch × {task.num_labels}).
 
 ```bash
-python -m stages predict --backend onnx-int8 --model <this directory> {cli_example}
+python -m stages predict --backend {backend} --model <this directory> {cli_example}
 ```
 
 ```python
@@ -211,7 +226,7 @@ import json, numpy as np, onnxruntime as ort
 from tokenizers import Tokenizer
 tok = Tokenizer.from_file("tokenizer.json")
 config = json.load(open("config.json"))
-session = ort.InferenceSession("model.int8.onnx")
+session = ort.InferenceSession("{model_file}")
 ids = lambda s: np.array([tok.encode(s, add_special_tokens=False).ids[:config["max_length"]] or [0]])
 {py_example}
 logits = session.run(None, {{{'"ids_a": ids(first), "ids_b": ids(second)' if task.is_pair else '"ids": ids(text)'}}})[0]

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from stages.export import export_student
+from stages.export import export_student, model_card, recommended_variant
 from stages.onnx_student import OnnxStudent, length_groups
 from stages.params import DistillParams, StudentParams
 from stages.student import load_student, train_student
@@ -134,14 +134,34 @@ def test_export_matches_pytorch_and_writes_a_card(tmp_path, task_name):
 
     card = (root / "export" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: onnx\npipeline_tag: text-classification\n")
+    assert result["recommended"] == recommended_variant(result["int8_cost_points"])
+    backend = "onnx-int8" if result["recommended"] == "int8" else "onnx"
     for field in (f"# {task_name} BiLSTM student", "all-MiniLM-L6-v2", "seed 3 of [3]", "80.00 ± 1.00",
-                  "| onnx-int8 |", "python -m stages predict --backend onnx-int8", "ort.InferenceSession"):
+                  "| onnx-int8 |", f"python -m stages predict --backend {backend}", "ort.InferenceSession"):
         assert field in card, field
     snippet = card.split("```python\n")[1].split("```")[0]  # the card's "how to use" runs as written
     ran = subprocess.run([sys.executable, "-c", snippet], cwd=root / "export", capture_output=True, text=True)
     assert ran.returncode == 0 and ran.stdout.strip() in task.label_names, ran.stderr
     config = json.loads((root / "export" / "config.json").read_text())
     assert config["inputs"] == (["ids_a", "ids_b"] if task.is_pair else ["ids"]) and config["label_names"] == list(task.label_names)
+
+
+@pytest.mark.parametrize("cost, variant", [(0.08, "int8"), (0.5, "int8"), (-1.2, "int8"), (0.51, "fp32"), (16.67, "fp32")])
+def test_the_card_recommends_int8_only_within_its_cost(cost, variant):
+    task = get_task("mrpc")
+    backend = {"scores": {"dev": {"accuracy": 0.7, "f1": 0.8}}, "sentences_per_s": 100.0, "latency_ms_p50": 1.0,
+               "latency_ms_p95": 2.0}
+    comparison = {"backends": {"pytorch": backend, "onnx-fp32": backend, "onnx-int8": backend},
+                  "max_abs_logit_diff_fp32": 1e-7, "int8_cost_points": cost, "batch_size": 512, "threads": 2,
+                  "recommended": recommended_variant(cost)}
+    config = {"hidden": 150, "fc": 200, "embeddings": "glove-6b-50d", "embedding_mode": "multichannel", "max_length": 64}
+    card = model_card(task, config, 3, _report(task, 3, 0.8), comparison, {"model": "t", "dev": {"accuracy": 0.9}},
+                      {"splits": {"train": {"rows": 10}}})
+    assert comparison["recommended"] == variant
+    used = "model.int8.onnx" if variant == "int8" else "model.onnx"
+    assert f'ort.InferenceSession("{used}")' in card
+    assert f"--backend {'onnx-int8' if variant == 'int8' else 'onnx'} " in card
+    assert ("is kept for comparison" in card) == (variant == "fp32")
 
 
 def test_predict_with_onnx_never_imports_torch(tmp_path):
