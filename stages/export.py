@@ -22,6 +22,7 @@ from stages.errors import StageError
 from stages.io import RAW_SCHEMA, atomic_path, read_parquet
 from stages.metrics import task_metrics
 from stages.onnx_student import CONFIG_FILE, MODEL_FILES, TOKENIZER_FILE, OnnxStudent
+from stages.predict import ONNX_BACKENDS
 from stages.student import VOCAB_FILE, Student, load_student
 from stages.student_model import count_parameters
 from stages.tasks import Task
@@ -177,7 +178,8 @@ def model_card(task: Task, config: dict, seed: int, report: dict, comparison: di
     cost = comparison["int8_cost_points"]
     int8_effect = f"costs {cost:.2f} points" if cost >= 0 else f"gains {-cost:.2f} points"
     variant = comparison["recommended"]
-    backend, model_file = ("onnx-int8" if variant == "int8" else "onnx"), MODEL_FILES[variant]
+    backend = next(name for name, v in ONNX_BACKENDS.items() if v == variant)
+    model_file = MODEL_FILES[variant]
     advice = (f"at most the {INT8_MAX_COST_POINTS} allowed, so use `{model_file}`" if variant == "int8" else
               f"more than the {INT8_MAX_COST_POINTS} allowed, so use `{model_file}` (fp32); `{MODEL_FILES['int8']}` is "
               "kept for comparison")

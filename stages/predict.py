@@ -10,7 +10,8 @@ from pathlib import Path
 
 from stages.errors import StageError
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_BACKENDS = {"onnx": "fp32", "onnx-int8": "int8"}  # backend name -> exported file (onnx_student.MODEL_FILES)
+BACKENDS = ("torch", *ONNX_BACKENDS)
 
 
 def split_pairs(lines: list[str], pair: bool) -> tuple[list[str], list[str] | None]:
@@ -30,10 +31,10 @@ def _load(model_dir: Path, backend: str, device: str):
         from stages.student import load_student
 
         return load_student(model_dir, resolve_device(device))
-    if backend in ("onnx", "onnx-int8"):
+    if backend in ONNX_BACKENDS:
         from stages.onnx_student import OnnxStudent
 
-        return OnnxStudent(model_dir, "int8" if backend == "onnx-int8" else "fp32")
+        return OnnxStudent(model_dir, ONNX_BACKENDS[backend])
     raise StageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
