@@ -20,11 +20,11 @@ import typer
 
 from stages import paths
 from stages.errors import StageError
-from stages.batching import BATCHINGS
+from stages.models.batching import BATCHINGS
 from stages.params import load_params
 from stages.runtime import resolve_device
 from stages.student import train_student
-from stages.tasks import get_task
+from stages.data.tasks import get_task
 
 
 def main(task: str = typer.Option("rt", help="Task to train on."),

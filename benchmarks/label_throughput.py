@@ -24,8 +24,8 @@ from stages import paths
 from stages.label import label, load_teacher
 from stages.params import load_params
 from stages.runtime import resolve_device
-from stages.tasks import get_task
-from stages.teacher_model import batch_logits, encode_pairs, length_sorted_batches
+from stages.data.tasks import get_task
+from stages.models.teacher_model import batch_logits, encode_pairs, length_sorted_batches
 
 
 def main(task: str = typer.Option("rt", help="Task whose transfer set and teacher to use."),

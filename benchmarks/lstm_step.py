@@ -28,7 +28,7 @@ from stages import paths
 from stages.errors import StageError
 from stages.params import load_params
 from stages.student import prepare_data
-from stages.tasks import get_task
+from stages.data.tasks import get_task
 
 WARMUP = 20
 

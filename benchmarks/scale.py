@@ -79,8 +79,8 @@ def write_small_teacher(out_dir: Path, seed: int) -> int:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from stages.tasks import TASKS
-    from stages.teacher_model import resolve_model
+    from stages.data.tasks import TASKS
+    from stages.models.teacher_model import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2").location)
     names = TASKS[TASK].label_names

@@ -34,7 +34,7 @@ from stages.errors import StageError
 from stages.params import load_params
 from stages.runtime import resolve_device
 from stages.student import EVAL_BATCH, Student, _build, _OnDevice, _optimizer, _train_epoch, prepare_data
-from stages.tasks import get_task
+from stages.data.tasks import get_task
 
 WARMUP_BATCHES = 20
 

@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from stages.augment_rules import Rules, TagUnigrams, augment_example
+from stages.data.augment_rules import Rules, TagUnigrams, augment_example
 from stages.errors import StageError
-from stages.io import RAW_SCHEMA, TRANSFER_SCHEMA, read_parquet, write_parquet
-from stages.tasks import Task
+from stages.data.io import RAW_SCHEMA, TRANSFER_SCHEMA, read_parquet, write_parquet
+from stages.data.tasks import Task
 
 
 # `tag_` needs only tok2vec and tagger. attribute_ruler maps tags to coarse POS and tags whitespace

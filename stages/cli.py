@@ -13,9 +13,9 @@ import typer
 
 from stages import paths
 from stages.errors import StageError
-from stages.io import atomic_path, write_json
+from stages.data.io import atomic_path, write_json
 from stages.params import load_params
-from stages.tasks import TASKS, get_task
+from stages.data.tasks import TASKS, get_task
 
 app = typer.Typer(
     help="Distil a fine-tuned BERT teacher into a BiLSTM student (Tang et al. 2019), one DVC stage per command. "
@@ -188,7 +188,7 @@ def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
     summary.md (to read), tradeoff.json and curves.json (dvc plots) and results.png (the README figure).
     """
     from stages.evaluate import evaluate as run_evaluate
-    from stages.report import SEEDED, curve_rows, figure, markdown, summary_metrics, tradeoff_rows
+    from stages.report.summary import SEEDED, curve_rows, figure, markdown, summary_metrics, tradeoff_rows
     from stages.runtime import resolve_device
 
     t = get_task(task)
@@ -291,7 +291,7 @@ def show(ctx: typer.Context) -> None:
     import shutil
     import subprocess
 
-    from stages.exp_table import exp_show_args
+    from stages.report.exp_table import exp_show_args
 
     dvc = shutil.which("dvc")
     if dvc is None:

@@ -22,10 +22,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages import datasets
+from stages.data import datasets
 from stages.errors import StageError
-from stages.io import RAW_SCHEMA, atomic_path, check_columns, read_parquet
-from stages.tasks import Task
+from stages.data.io import RAW_SCHEMA, atomic_path, check_columns, read_parquet
+from stages.data.tasks import Task
 
 GLUE_REPO = "nyu-mll/glue"
 

@@ -3,7 +3,7 @@
 Dev scores come from each run's metrics file (the teacher's, and one per seed for the BiLSTMs): per
 model and metric the mean, sd, min/max and 95% CI over seeds, and the student - baseline gain with a
 paired t-test over seeds and an exact McNemar test on the seed ensembles' dev predictions
-(stages/statistics.py). Parameter counts, size on disk and inference throughput (the same sentences,
+(stages/report/statistics.py). Parameter counts, size on disk and inference throughput (the same sentences,
 the same batch size, text in and logits out, on the current device) are measured here, the way the
 paper compares BERT with its BiLSTMs.
 
@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from stages.errors import StageError
-from stages.io import RAW_SCHEMA, read_parquet
+from stages.data.io import RAW_SCHEMA, read_parquet
 from stages.label import load_teacher
-from stages.report import SEEDED
-from stages.statistics import describe, ensemble_predictions, mcnemar_test, paired_t_test
+from stages.report.summary import SEEDED
+from stages.report.statistics import describe, ensemble_predictions, mcnemar_test, paired_t_test
 from stages.student import load_student
-from stages.tasks import Task
-from stages.teacher_model import batch_logits, encode_pairs, length_sorted_batches
+from stages.data.tasks import Task
+from stages.models.teacher_model import batch_logits, encode_pairs, length_sorted_batches
 
 MODELS = ("teacher", "baseline", "student")
 RUN_FILE = "run.json"

@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from stages.errors import StageError
-from stages.io import RAW_SCHEMA, atomic_path, read_parquet
-from stages.metrics import task_metrics
-from stages.onnx_student import CONFIG_FILE, MODEL_FILES, TOKENIZER_FILE, OnnxStudent
+from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet
+from stages.report.metrics import task_metrics
+from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, TOKENIZER_FILE, OnnxStudent
 from stages.predict import ONNX_BACKENDS
 from stages.student import VOCAB_FILE, Student, load_student
-from stages.student_model import count_parameters
-from stages.tasks import Task
+from stages.models.student_model import count_parameters
+from stages.data.tasks import Task
 
 OPSET = 17
 # int8 is the card's recommendation only when it costs at most this many points of the task's selection

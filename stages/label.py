@@ -18,9 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from stages.errors import StageError
-from stages.io import LABELED_SCHEMA, TRANSFER_SCHEMA, input_key, read_parquet, remove_other_keys, write_parquet
-from stages.tasks import Task
-from stages.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
+from stages.data.io import LABELED_SCHEMA, TRANSFER_SCHEMA, input_key, read_parquet, remove_other_keys, write_parquet
+from stages.data.tasks import Task
+from stages.models.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
                                   load_for_classification)
 
 

@@ -9,9 +9,9 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stages.datasets import DatasetSpec, check_name
+from stages.data.datasets import DatasetSpec, check_name
 from stages.errors import StageError
-from stages.tasks import TASKS
+from stages.data.tasks import TASKS
 
 
 class Section(BaseModel):

@@ -32,7 +32,7 @@ def _load(model_dir: Path, backend: str, device: str):
 
         return load_student(model_dir, resolve_device(device))
     if backend in ONNX_BACKENDS:
-        from stages.onnx_student import OnnxStudent
+        from stages.models.onnx_student import OnnxStudent
 
         return OnnxStudent(model_dir, ONNX_BACKENDS[backend])
     raise StageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

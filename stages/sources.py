@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages import datasets
-from stages.io import atomic_path
-from stages.tasks import TASKS
+from stages.data import datasets
+from stages.data.io import atomic_path
+from stages.data.tasks import TASKS
 
 
 def write_sources(tasks: list[str], declared: dict[str, datasets.DatasetSpec], out_dir: Path, *,

@@ -20,17 +20,17 @@ import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
-from stages.batching import DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches
-from stages.checkpoint import EpochCheckpoint
+from stages.models.batching import DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches
+from stages.models.checkpoint import EpochCheckpoint
 from stages.errors import StageError
-from stages.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, input_key, read_parquet
-from stages.metrics import task_metrics
+from stages.data.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, input_key, read_parquet
+from stages.report.metrics import task_metrics
 from stages.params import DistillParams, StudentParams
 from stages.runtime import seed_everything
-from stages.cnn_model import CNNClassifier
-from stages.student_model import BiLSTMClassifier, StudentClassifier, count_parameters, distill_loss
-from stages.tasks import Task
-from stages.vocab import Vocab, embedding_dim, load_embeddings
+from stages.models.cnn_model import CNNClassifier
+from stages.models.student_model import BiLSTMClassifier, StudentClassifier, count_parameters, distill_loss
+from stages.data.tasks import Task
+from stages.models.vocab import Vocab, embedding_dim, load_embeddings
 
 MODEL_FILE, CONFIG_FILE, VOCAB_FILE = "model.pt", "config.json", "tokenizer.json"
 EVAL_BATCH = 512
@@ -283,7 +283,7 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     training split and the loss is cross-entropy alone (alpha = 1).
     Writes out_dir/{model.pt, config.json, tokenizer.json}; returns the metrics. With `checkpoint_root`
     the training state is saved there after every epoch and a rerun on the same inputs resumes from it
-    (stages/checkpoint.py).
+    (stages/models/checkpoint.py).
     """
     start = time.perf_counter()
     seed_everything(seed)

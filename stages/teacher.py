@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.io import RAW_SCHEMA, atomic_path, read_parquet
-from stages.metrics import task_metrics
+from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet
+from stages.report.metrics import task_metrics
 from stages.params import TeacherParams
-from stages.tasks import Task
-from stages.teacher_model import encode_pairs, load_for_classification, resolve_model
+from stages.data.tasks import Task
+from stages.models.teacher_model import encode_pairs, load_for_classification, resolve_model
 
 
 class _Encoded(torch.utils.data.Dataset):

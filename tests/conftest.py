@@ -69,7 +69,7 @@ def synthetic_raw(raw_dir: Path, task, n_train: int = 48, n_dev: int = 16, seed:
     """A raw split directory (RAW_SCHEMA) whose label is given by a sentiment word in text_a."""
     import numpy as np
 
-    from stages.io import RAW_SCHEMA
+    from stages.data.io import RAW_SCHEMA
 
     rng = np.random.default_rng(seed)
     raw_dir = Path(raw_dir)

@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages.augment import TRANSFER_SCHEMA, augment, pos_tag
-from stages.augment_rules import Rules, TagUnigrams, augment_example, perturb, targets
+from stages.data.augment_rules import Rules, TagUnigrams, augment_example, perturb, targets
 from stages.errors import StageError
-from stages.io import RAW_SCHEMA
-from stages.tasks import get_task
-from stages.text import MASK
+from stages.data.io import RAW_SCHEMA
+from stages.data.tasks import get_task
+from stages.data.text import MASK
 
 # --- the rules, on synthetic words and tags (no spaCy) ---------------------------------------
 

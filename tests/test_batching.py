@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.batching import (DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches)
-from stages.student_model import BiLSTMClassifier
+from stages.models.batching import (DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches)
+from stages.models.student_model import BiLSTMClassifier
 
 CPU = torch.device("cpu")
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]

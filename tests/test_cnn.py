@@ -6,11 +6,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from stages.cnn_model import CNNClassifier
+from stages.models.cnn_model import CNNClassifier
 from stages.params import DistillParams, StudentParams
 from stages.student import load_student, train_student
-from stages.student_model import count_parameters
-from stages.tasks import get_task
+from stages.models.student_model import count_parameters
+from stages.data.tasks import get_task
 from tests.test_export import _report, _train
 from tests.test_student import CPU, SMALL, write_labeled, write_raw, paraphrase_rows
 
@@ -91,7 +91,7 @@ def test_cnn_pair_student_distils_teacher_logits(tmp_path):
 @pytest.mark.parametrize("task_name", ["rt", "mrpc"])
 def test_cnn_exports_to_onnx(tmp_path, task_name):
     from stages.export import export_student
-    from stages.onnx_student import OnnxStudent
+    from stages.models.onnx_student import OnnxStudent
 
     task = get_task(task_name)
     root = _train(task_name, tmp_path, arch="cnn", cnn_maps=8)

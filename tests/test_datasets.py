@@ -12,14 +12,14 @@ import pytest
 import yaml
 
 from stages import paths
-from stages.datasets import DatasetSpec, sort_labels
+from stages.data.datasets import DatasetSpec, sort_labels
 from stages.download import download
 from stages.errors import StageError
-from stages.io import RAW_SCHEMA
-from stages.metrics import macro_f1
+from stages.data.io import RAW_SCHEMA
+from stages.report.metrics import macro_f1
 from stages.params import load_params
 from stages.sources import write_sources
-from stages.tasks import get_task
+from stages.data.tasks import get_task
 from tests.conftest import REPO, run_cli, write_params
 
 REVIEWS = pd.DataFrame({

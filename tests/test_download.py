@@ -7,8 +7,8 @@ import pytest
 
 from stages.download import clean_rt, download, stratified_split
 from stages.errors import StageError
-from stages.io import RAW_SCHEMA
-from stages.tasks import get_task
+from stages.data.io import RAW_SCHEMA
+from stages.data.tasks import get_task
 from tests.conftest import SHARED_GLUE, pair_rows, run_cli, write_glue_split, write_params
 
 needs_shared_glue = pytest.mark.skipif(not SHARED_GLUE.exists(), reason="../shared/glue not beside the repo")

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages.export import export_student, model_card, recommended_variant
-from stages.onnx_student import OnnxStudent, length_groups
+from stages.models.onnx_student import OnnxStudent, length_groups
 from stages.params import DistillParams, StudentParams
 from stages.student import load_student, train_student
-from stages.tasks import get_task
-from stages.vocab import Vocab
+from stages.data.tasks import get_task
+from stages.models.vocab import Vocab
 from tests.conftest import REPO, SHARED_GLUE
 from tests.test_student import CPU, SMALL, paraphrase_rows, sentiment_rows, write_raw
 

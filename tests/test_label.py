@@ -7,11 +7,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import stages.label as label_module
 from stages.errors import StageError
-from stages.io import LABELED_SCHEMA, TRANSFER_SCHEMA, read_parquet
+from stages.data.io import LABELED_SCHEMA, TRANSFER_SCHEMA, read_parquet
 from stages.label import label
-from stages.tasks import get_task
-from stages.teacher_model import encode_pairs, resolve_model
-from stages.text import MASK
+from stages.data.tasks import get_task
+from stages.models.teacher_model import encode_pairs, resolve_model
+from stages.data.text import MASK
 
 CPU = torch.device("cpu")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.exp_table import KEY_PARAMS
+from stages.report.exp_table import KEY_PARAMS
 from tests.conftest import REPO, pair_rows, write_glue_split, write_params
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,9 @@
 import pytest
 
 from stages.errors import StageError
-from stages.report import curve_rows, markdown, summary_metrics, tradeoff_rows
+from stages.report.summary import curve_rows, markdown, summary_metrics, tradeoff_rows
 from stages.predict import split_pairs
-from stages.tasks import get_task
+from stages.data.tasks import get_task
 from tests.conftest import run_cli
 
 

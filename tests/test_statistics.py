@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from stages.statistics import describe, ensemble_predictions, mcnemar_test, paired_t_test
+from stages.report.statistics import describe, ensemble_predictions, mcnemar_test, paired_t_test
 
 
 def test_describe_mean_sd_range_and_t_interval():

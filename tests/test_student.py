@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from stages.errors import StageError
 from stages.params import DistillParams, StudentParams
-from stages.io import LABELED_SCHEMA
+from stages.data.io import LABELED_SCHEMA
 from stages.student import load_student, train_student
-from stages.student_model import BiLSTMClassifier, count_parameters, distill_loss
-from stages.tasks import get_task
-from stages.text import MASK
-from stages.vocab import MASK_ID, UNK_ID, Vocab, load_embeddings
+from stages.models.student_model import BiLSTMClassifier, count_parameters, distill_loss
+from stages.data.tasks import get_task
+from stages.data.text import MASK
+from stages.models.vocab import MASK_ID, UNK_ID, Vocab, load_embeddings
 
 CPU = torch.device("cpu")
 
@@ -278,7 +278,7 @@ def sentiment_rows(n: int, seed: int) -> dict[str, list]:
 
 
 def write_raw(path: Path, rows: dict) -> Path:
-    from stages.io import RAW_SCHEMA
+    from stages.data.io import RAW_SCHEMA
 
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(rows, schema=RAW_SCHEMA), path)

@@ -5,7 +5,7 @@ import pytest
 
 from stages.errors import StageError
 from stages.params import load_params
-from stages.tasks import TASKS, get_task
+from stages.data.tasks import TASKS, get_task
 from tests.conftest import REPO, write_params
 
 

@@ -6,9 +6,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from stages.errors import StageError
 from stages.params import TeacherParams
-from stages.tasks import get_task
+from stages.data.tasks import get_task
 from stages.teacher import train_teacher
-from stages.teacher_model import resolve_model
+from stages.models.teacher_model import resolve_model
 from tests.conftest import run_cli, synthetic_raw, write_params
 
 TINY = TeacherParams(epochs=1, batch_size=8, max_length=32, evals_per_epoch=2, max_train_examples=24)

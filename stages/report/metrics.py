@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.tasks import Task
+from stages.data.tasks import Task
 
 
 def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:

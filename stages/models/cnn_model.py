@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.student_model import StudentClassifier
+from stages.models.student_model import StudentClassifier
 
 
 class CNNClassifier(StudentClassifier):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import StageError
-from stages.vocab import PAD_ID, Vocab
+from stages.models.vocab import PAD_ID, Vocab
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "config.json"

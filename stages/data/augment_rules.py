@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from stages.errors import StageError
-from stages.text import MASK
+from stages.data.text import MASK
 
 KEEP, MASKED, REPLACED = 0, 1, 2  # per-word outcome codes in Perturbed.op
 

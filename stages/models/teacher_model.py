@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from stages.errors import StageError
-from stages.text import for_teacher
+from stages.data.text import for_teacher
 
 # Short names of encoders that ship inside packages (usable offline): name -> (module, attribute
 # giving the model directory, package name). Anything else is a local path or a Hub id.

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from stages.vocab import PAD_ID
+from stages.models.vocab import PAD_ID
 EMBEDDING_MODES = ("rand", "static", "non-static", "multichannel")  # Kim 2014's names
 
 
@@ -96,7 +96,7 @@ class BiLSTMClassifier(StudentClassifier):
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(batch, time) right-padded ids and their true lengths -> (batch, 2*hidden) final [forward, backward]
-        states. Rows that all fill the width (the batches of stages/batching.py) take one dense LSTM call;
+        states. Rows that all fill the width (the batches of stages/models/batching.py) take one dense LSTM call;
         rows of mixed lengths are packed, so no final state ever reads a padded step."""
         # An empty text is read as one <pad> step (a zero vector), not rejected by pack_padded_sequence.
         lengths = lengths.detach().to("cpu", torch.int64).clamp(min=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from stages.io import remove_other_keys
+from stages.data.io import remove_other_keys
 
 STATE_FILE = "epoch.pt"
 

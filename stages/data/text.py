@@ -2,7 +2,7 @@
 
 Augmented examples are stored as words joined by single spaces, with masked words written as MASK.
 The teacher gets MASK as its tokenizer's own mask (or unknown) token; the student's tokenizer
-(stages/vocab.py) keeps MASK as one special token with its own id.
+(stages/models/vocab.py) keeps MASK as one special token with its own id.
 """
 
 from __future__ import annotations

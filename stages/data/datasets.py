@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 
 from stages import paths
 from stages.errors import StageError
-from stages.hub import split_files
-from stages.tasks import Task, metrics_for, paper_defaults
+from stages.data.hub import split_files
+from stages.data.tasks import Task, metrics_for, paper_defaults
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".parquet": None}
 SPLITS = ("train", "dev", "test")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from stages.tasks import Task
+from stages.data.tasks import Task
 
 SEEDED = ("baseline", "student")  # trained once per seed
 

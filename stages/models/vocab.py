@@ -1,7 +1,7 @@
 """The student's tokenizer and word vocabulary (a Hugging Face `tokenizers` WordLevel tokenizer, saved as
 tokenizer.json beside every student), and its pretrained embeddings (GloVe packaged, word2vec from the Hub).
 
-Text is lower-cased, then split into words by `stages.text.WORD_PATTERN`; MASK is a special token kept whole
+Text is lower-cased, then split into words by `stages.data.text.WORD_PATTERN`; MASK is a special token kept whole
 (and case-sensitive), with its own learned vector. Training, evaluation, `predict` and the exported ONNX student
 all tokenise with this one tokenizer.json; any `tokenizers` binding (Python, Rust, Node) reproduces the ids.
 """
@@ -18,7 +18,7 @@ from tokenizers.models import WordLevel
 from tokenizers.trainers import WordLevelTrainer
 
 from stages.errors import StageError
-from stages.text import MASK, WORD_PATTERN
+from stages.data.text import MASK, WORD_PATTERN
 
 PAD, UNK = "<pad>", "<unk>"
 SPECIALS = (PAD, UNK, MASK)  # ids 0, 1, 2
