@@ -10,19 +10,33 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup repro test clean
+.PHONY: setup setup-dev browser repro test clean
+# `make repro` needs only the pipeline's own dependencies; `make test` adds the test extras (Ray, the S3
+# server, the HTTP service, hypothesis, Playwright) and Debian's chromium for the browser test.
 setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
+
+# The browser test drives Debian's chromium (Playwright's own browser download is not used). Installed when
+# we are root and it is missing; elsewhere the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "make browser: no chromium installed; the browser test will skip"
 
 repro: setup
 	dvc repro
 
-test: setup
+test: setup-dev browser
 	pytest -q
 
 clean:
