@@ -15,7 +15,7 @@ params.yaml: tasks [mnli], the full transfer set, augment.n_iter 10, one student
 download (from the mirror), augment, label, student. For each stage it records the wall time and the peak
 resident memory of the process (getrusage, ru_maxrss) plus the rows it handled, and writes them to
 <work-dir>/scale.json; the last line prints the table. The teacher and baseline stages are not run: their
-cost is the same per row as on the real tasks (README, "Stage times").
+cost is the same per row as on the real tasks (docs/measurements.md, "Stage by stage on the CI machine").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The committed full-scale runs (runs/<task>-full/, README "The paper at full scale"): each one's dvc.lock must
+"""The committed full-scale runs (runs/<task>-full/, docs/reproducing-the-paper.md): each one's dvc.lock must
 record exactly the params of its params.yaml, and its report must cover exactly that file's seeds, so no
-result in the README can silently come from other settings than the committed file says."""
+result in the README or docs/ can silently come from other settings than the committed file says."""
 
 import json
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Resumable student training: the whole training state is saved after every epoch.
 
-One epoch over a full transfer set takes an hour on a 2-core CPU at MNLI size (README, "Scale"), so a
+One epoch over a full transfer set takes an hour on a 2-core CPU at MNLI size (docs/measurements.md, "Scale check at MNLI size"), so a
 killed `student` or `baseline` run must not start over. After each epoch the model and optimizer
 state, the random number generators, the best epoch so far and the logged curves are written (whole
 or not at all) to data/cache/student/<run>-<key>/epoch.pt, where the key hashes everything that decides
