@@ -315,8 +315,12 @@ def serve(
     import signal
     from dataclasses import asdict
 
-    import uvicorn
+    try:
+        import uvicorn
 
+        from stages.serving.app import SETTINGS_ENV, Batching, Limits, create_app, recommended_backend
+    except ImportError as e:
+        raise StageError(f"serve needs the serving extra ({e.name} is missing): pip install -e '.[serve]'") from None
     from stages.serving.app import SETTINGS_ENV, Batching, Limits, create_app, recommended_backend
 
     if export_dir is None:

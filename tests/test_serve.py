@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from stages.data.tasks import get_task
-from stages.models.onnx_student import OnnxStudent
+from stages.models.onnx_student import MODEL_FILES, OnnxStudent
 from stages.serving.app import Batching, Limits, create_app, parse_request, recommended_backend
 from stages.serving.batcher import DynamicBatcher
 from tests.conftest import REPO
@@ -75,9 +75,15 @@ def pair_client(exports):
         yield c
 
 
-def _probabilities(student: OnnxStudent, texts_a, texts_b=None) -> list[dict]:
+def _probabilities(export: Path, variant: str, texts_a, texts_b=None) -> list[dict]:
+    """What the service answers for one request sent alone: one padded call over its rows (int8 quantises
+    activations per call, so its numbers depend on which rows share the call)."""
+    from stages.serving.padded import PaddedStudent
+
+    student = OnnxStudent(export, variant)
     names = student.config["label_names"]
-    return [{n: round(float(p), 6) for n, p in zip(names, row)} for row in student.predict_proba(texts_a, texts_b)]
+    rows = PaddedStudent(student, export / MODEL_FILES[variant]).predict_proba(texts_a, texts_b)
+    return [{n: round(float(p), 6) for n, p in zip(names, row)} for row in rows]
 
 
 # --- the API in process ------------------------------------------------------------------------------------
@@ -89,10 +95,11 @@ def test_predict_health_and_page_in_process(client, exports):
     assert health.json() | {"batching": None, "limits": None} == {
         "status": "ok", "task": "rt", "backend": "onnx-int8", "labels": ["rotten", "fresh"], "pair": False,
         "batching": None, "limits": None}  # the backend the card recommends
+    assert health.json()["batching"] == {"enabled": True, "max_batch": 64, "max_wait_ms": 2.0, "one_call_per_batch": True}
     assert health.json()["limits"] == {"max_texts": 4, "max_chars": 50, "max_body_bytes": 2000}
     answer = client.post("/predict", json={"texts": SENTENCES[:3]})
     assert answer.status_code == 200
-    expected = _probabilities(OnnxStudent(exports["rt"], "int8"), SENTENCES[:3])
+    expected = _probabilities(exports["rt"], "int8", SENTENCES[:3])
     predictions = answer.json()["predictions"]
     assert [p["probabilities"] for p in predictions] == expected  # input order, the model's own numbers
     assert [p["label"] for p in predictions] == [max(e, key=e.get) for e in expected]
@@ -108,7 +115,7 @@ def test_pairs_in_process(pair_client, exports):
     pairs = [["first sentence", "second sentence"], ["a good film", "bad bad"]]
     answer = pair_client.post("/predict", json={"pairs": pairs})
     assert answer.status_code == 200, answer.text
-    expected = _probabilities(OnnxStudent(exports["mrpc"], "fp32"), [p[0] for p in pairs], [p[1] for p in pairs])
+    expected = _probabilities(exports["mrpc"], "fp32", [p[0] for p in pairs], [p[1] for p in pairs])
     assert [p["probabilities"] for p in answer.json()["predictions"]] == expected
     assert pair_client.get("/health").json()["backend"] == "onnx"
 
@@ -175,6 +182,20 @@ def test_the_default_backend_is_the_real_cards_recommendation():
         (directory / "README.md").write_text(card)
         assert recommended_backend(directory) == backend
         shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize("task_name", ["rt", "mrpc"])
+def test_one_padded_call_gives_each_rows_own_logits(exports, task_name):
+    from stages.serving.padded import PaddedStudent
+
+    student = OnnxStudent(exports[task_name])
+    padded = PaddedStudent(student, exports[task_name] / "model.onnx")
+    texts_a = [s * k for k, s in enumerate(SENTENCES, 1)]  # 3 to 25 tokens: padded up to 16 (max_length)
+    texts_b = list(reversed(texts_a)) if student.config["pair"] else None
+    one_by_one = np.concatenate([student.predict_logits(texts_a[i:i + 1], texts_b[i:i + 1] if texts_b else None)
+                                 for i in range(len(texts_a))])
+    assert padded.padded and len(set(student._ids(texts_a)[1].tolist())) > 2
+    np.testing.assert_allclose(padded.predict_logits(texts_a, texts_b), one_by_one, atol=1e-5)
 
 
 # --- the dynamic batcher -----------------------------------------------------------------------------------
@@ -325,8 +346,7 @@ def test_real_serve_process_answers_then_finishes_in_flight_requests_on_sigterm(
     health = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
     assert health["task"] == "rt" and health["backend"] == "onnx-int8" and health["labels"] == ["rotten", "fresh"]
     answer = _post(url + "/predict", {"texts": SENTENCES})
-    assert [p["probabilities"] for p in answer["predictions"]] == _probabilities(OnnxStudent(exports["rt"], "int8"),
-                                                                                 SENTENCES)
+    assert [p["probabilities"] for p in answer["predictions"]] == _probabilities(exports["rt"], "int8", SENTENCES)
     # A request in flight: headers and half the body sent, then SIGTERM, then the rest of the body.
     body = json.dumps({"texts": ["a good good film"]}).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

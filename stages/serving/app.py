@@ -153,8 +153,12 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
     config = student.config
     labels, pair = list(config["label_names"]), bool(config["pair"])
 
-    def run(texts_a, texts_b):
-        return student.predict_proba(texts_a, texts_b, batch_size=max(batching.max_batch, 1))
+    from stages.models.onnx_student import MODEL_FILES
+    from stages.predict import ONNX_BACKENDS
+    from stages.serving.padded import PaddedStudent
+
+    runner = PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads)
+    run = runner.predict_proba  # a batch of mixed lengths in one call where the graph allows
 
     batcher = DynamicBatcher(run, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
                              enabled=batching.enabled)
@@ -170,7 +174,7 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
                               f"({', '.join(labels)}), run with onnxruntime ({backend}).")
     app.state.batcher, app.state.student = batcher, student
     health = {"status": "ok", "task": config["task"], "backend": backend, "labels": labels, "pair": pair,
-              "batching": asdict(batching), "limits": asdict(limits)}
+              "batching": asdict(batching) | {"one_call_per_batch": runner.padded}, "limits": asdict(limits)}
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
