@@ -306,8 +306,8 @@ def serve(
 ) -> None:
     """Serve an exported student over HTTP (FastAPI on uvicorn), without PyTorch.
 
-    POST /predict {"texts": [...]} (pair models {"pairs": [[a, b], ...]}) -> a label and class probabilities
-    per input, in order; GET /health; GET / a page to try it; GET /docs the OpenAPI page. Bad requests get
+    POST /predict with JSON {"texts": a list of sentences} (pair models: {"pairs": a list of two-sentence
+    lists}) -> a label and class probabilities per input, in order; GET /health; GET / a page to try it; GET /docs the OpenAPI page. Bad requests get
     a 4xx JSON error. SIGTERM (or Ctrl-C) lets in-flight requests finish. See docs/serving.md.
     """
     import json

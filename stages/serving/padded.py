@@ -57,6 +57,22 @@ def _with_lengths(model_path) -> tuple[bytes, dict[str, str]] | None:
     return model.SerializeToString(), names
 
 
+def padded_chunks(lengths: np.ndarray, max_waste: float = 0.3, min_rows: int = 8) -> list[np.ndarray]:
+    """Row indices sorted by length, cut where padding would add more than max_waste of the chunk's real
+    steps (a chunk keeps at least min_rows rows): few calls, little computation spent on <pad>."""
+    order = np.argsort(lengths, kind="stable")
+    chunks, start, steps = [], 0, 0
+    for i, row in enumerate(order):
+        length = int(lengths[row])
+        rows = i - start + 1
+        if rows > min_rows and length * rows > (1 + max_waste) * (steps + length):
+            chunks.append(order[start:i])
+            start, steps = i, 0
+        steps += length
+    chunks.append(order[start:])
+    return chunks
+
+
 class PaddedStudent:
     """`predict_proba(texts_a, texts_b)` as OnnxStudent's, in one onnxruntime call per batch when the graph allows."""
 
@@ -77,23 +93,30 @@ class PaddedStudent:
     def padded(self) -> bool:
         return self.session is not None
 
-    def _feed(self, name: str, texts: list[str], feed: dict) -> None:
-        ids, lengths = self.student._ids(texts)
-        batch = np.full((len(ids), int(lengths.max())), PAD_ID, dtype=np.int64)
-        for row, tokens in enumerate(ids):
-            batch[row, :len(tokens)] = tokens
-        feed[name] = batch
-        if name in self.lengths:
-            feed[self.lengths[name]] = lengths.astype(np.int32)
+    def _run(self, ids_a, len_a, ids_b, len_b) -> np.ndarray:
+        feed = {}
+        for name, ids, lengths in (("ids" if ids_b is None else "ids_a", ids_a, len_a), ("ids_b", ids_b, len_b)):
+            if ids is None:
+                continue
+            batch = np.full((len(ids), int(lengths.max())), PAD_ID, dtype=np.int64)
+            for row, tokens in enumerate(ids):
+                batch[row, :len(tokens)] = tokens
+            feed[name] = batch
+            if name in self.lengths:
+                feed[self.lengths[name]] = lengths.astype(np.int32)
+        return self.session.run(None, feed)[0]
 
     def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None) -> np.ndarray:
         if self.session is None or len(texts_a) == 1 or (self.config["pair"] != (texts_b is not None)):
             return self.student.predict_logits(texts_a, texts_b)  # one row: the export's own graph, unchanged
-        feed: dict = {}
-        self._feed("ids" if texts_b is None else "ids_a", texts_a, feed)
-        if texts_b is not None:
-            self._feed("ids_b", texts_b, feed)
-        return self.session.run(None, feed)[0]
+        ids_a, len_a = self.student._ids(texts_a)
+        ids_b, len_b = self.student._ids(texts_b) if texts_b is not None else (None, None)
+        logits = np.zeros((len(texts_a), self.config["num_labels"]), dtype=np.float32)
+        for rows in padded_chunks(len_a if len_b is None else np.maximum(len_a, len_b)):
+            logits[rows] = self._run([ids_a[r] for r in rows], len_a[rows],
+                                     None if ids_b is None else [ids_b[r] for r in rows],
+                                     None if len_b is None else len_b[rows])
+        return logits
 
     def predict_proba(self, texts_a: list[str], texts_b: list[str] | None = None) -> np.ndarray:
         logits = self.predict_logits(texts_a, texts_b)
