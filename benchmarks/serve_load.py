@@ -10,7 +10,8 @@ previous answer is in; keep-alive), with sentences (or pairs) from the task's de
 must be a 200. Reports requests/s, sentences/s and p50/p95/p99 latency per (concurrency, batching), checks the
 goals (at the highest concurrency batching on >= 3x the sentences/s of off; at concurrency 1, p50 within 1 ms
 of the model's own batch-1 p50 in metrics/<task>/export.json), prints a table and writes
-benchmarks/results/serve-<task>.json. The load generator runs in this process, on the same CPU as the servers.
+benchmarks/results/serve-<task>.json. Then the same load without HTTP (the model and batcher in this process) shows what
+batching gains on the model alone. The load generator runs in this process, on the same CPU as the servers.
 """
 
 from __future__ import annotations
@@ -90,6 +91,39 @@ async def load(port: int, bodies: list[bytes], total: int, concurrency: int) -> 
     return time.perf_counter() - start, 1000 * np.array(latencies)
 
 
+def batcher_alone(export_dir: Path, backend: str, items: list, total: int, concurrency: int, enabled: bool,
+                  max_batch: int, max_wait_ms: float) -> float:
+    """Sentences/s through the service's model and batcher in this process, without HTTP: what batching can
+    gain when the model, not the web stack, is the cost."""
+    from stages.models.onnx_student import MODEL_FILES
+    from stages.predict import ONNX_BACKENDS
+    from stages.serving.app import load_model
+    from stages.serving.batcher import DynamicBatcher
+    from stages.serving.padded import PaddedStudent
+
+    student = load_model(export_dir, backend)
+    runner = PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]])
+    pair = student.config["pair"]
+
+    async def run() -> float:
+        batcher = DynamicBatcher(runner.predict_proba, max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=enabled)
+        await batcher.start()
+        counter = itertools.count()
+
+        async def client():
+            while (i := next(counter)) < total:
+                item = items[i % len(items)]
+                await batcher.predict([item[0]], [item[1]]) if pair else await batcher.predict([item])
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+        await batcher.stop()
+        return total / seconds
+
+    return asyncio.run(run())
+
+
 def main(
     task: str = typer.Option(None, help="Task (default: the first in params.yaml)."),
     export_dir: Path = typer.Option(None, help="Export directory (default models/export/<task>)."),
@@ -139,12 +173,17 @@ def main(
         for proc, _ in servers.values():
             proc.wait(timeout=30)
 
+    top = max(levels)
+    knobs = health["batching"]
+    alone = {mode: round(batcher_alone(export_dir, health["backend"], items, requests, top, mode == "on",
+                                       knobs["max_batch"], knobs["max_wait_ms"]), 1) for mode in ("on", "off")}
+
     variant = "onnx-int8" if health["backend"] == "onnx-int8" else "onnx-fp32"
     model_p50 = None
     if export_json.is_file():
         model_p50 = json.loads(export_json.read_text())["backends"][variant]["latency_ms_p50"]
     get = {(c["concurrency"], c["batching"]): c for c in cells}
-    top, low = max(levels), min(levels)
+    low = min(levels)
     ratio = get[top, "on"]["sentences_per_s"] / get[top, "off"]["sentences_per_s"]
     goals = {f"batching_speedup_at_{top}": round(ratio, 2), "batching_speedup_goal": 3.0,
              "batching_speedup_met": ratio >= 3.0}
@@ -162,6 +201,8 @@ def main(
               f"{c['latency_ms_p50']:.2f} | {c['latency_ms_p95']:.2f} | {c['latency_ms_p99']:.2f} |")
     print(f"\nat concurrency {top}: batching on / off = {ratio:.2f}x sentences/s (goal >= 3x: "
           f"{'met' if goals['batching_speedup_met'] else 'missed'})")
+    print(f"without HTTP (the model and batcher alone, in this process, concurrency {top}): batching on "
+          f"{alone['on']:,.1f} sentences/s, off {alone['off']:,.1f}: {alone['on'] / alone['off']:.2f}x")
     if "p50_goal_met" in goals:
         print(f"at concurrency 1: p50 {goals['served_p50_ms_at_1']:.3f} ms against the model's own batch-1 p50 "
               f"{model_p50:.3f} ms: {goals['p50_over_model_ms']:+.3f} ms (goal <= 1 ms: "
@@ -170,7 +211,9 @@ def main(
               "texts_per_request": texts_per_request, "requests_per_cell": requests, "serve_args": serve_args,
               "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                           "python": platform.python_version()},
-              "batching_knobs": health["batching"], "cells": cells, "goals": goals}
+              "batching_knobs": health["batching"], "cells": cells, "goals": goals,
+              "without_http": {"concurrency": top, "sentences_per_s": alone,
+                               "speedup": round(alone["on"] / alone["off"], 2)}}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

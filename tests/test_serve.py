@@ -198,6 +198,15 @@ def test_one_padded_call_gives_each_rows_own_logits(exports, task_name):
     np.testing.assert_allclose(padded.predict_logits(texts_a, texts_b), one_by_one, atol=1e-5)
 
 
+def test_padded_chunks_sort_by_length_and_cut_where_padding_would_waste():
+    from stages.serving.padded import padded_chunks
+
+    lengths = np.array([30, 3] * 10)
+    chunks = padded_chunks(lengths)
+    assert [sorted(c.tolist()) for c in chunks] == [list(range(1, 20, 2)), list(range(0, 20, 2))]
+    assert [c.tolist() for c in padded_chunks(np.array([5, 4, 6]))] == [[1, 0, 2]]  # few rows: one call
+
+
 # --- the dynamic batcher -----------------------------------------------------------------------------------
 
 
