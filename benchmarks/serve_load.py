@@ -66,6 +66,10 @@ def start_server(export_dir: Path, backend: str | None, batching: bool, extra: l
             time.sleep(0.2)
 
 
+def _health(port: int) -> dict:
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30).read())
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads (Linux /proc): robust to other load on the machine."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -167,14 +171,15 @@ def main(
         cells = []
         for c in levels:
             for mode, (proc, port) in servers.items():  # on, then off, at each concurrency: side by side
-                cpu = cpu_seconds(proc.pid)
+                cpu, calls = cpu_seconds(proc.pid), _health(port)["model_calls"]
                 seconds, ms = asyncio.run(load(port, bodies, requests, c))
-                cpu = cpu_seconds(proc.pid) - cpu
+                cpu, calls = cpu_seconds(proc.pid) - cpu, _health(port)["model_calls"] - calls
                 cell = {"concurrency": c, "batching": mode, "requests": requests,
                         "requests_per_s": round(requests / seconds, 1),
                         "sentences_per_s": round(requests * texts_per_request / seconds, 1),
                         **{f"latency_ms_p{q}": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)},
-                        "server_cpu_ms_per_sentence": round(1000 * cpu / (requests * texts_per_request), 3)}
+                        "server_cpu_ms_per_sentence": round(1000 * cpu / (requests * texts_per_request), 3),
+                        "sentences_per_model_call": round(requests * texts_per_request / calls, 2)}
                 cells.append(cell)
                 print(f"  concurrency {c:>3}, batching {mode:>3}: {cell['requests_per_s']:>8,.1f} req/s "
                       f"p50 {cell['latency_ms_p50']:.2f} ms", flush=True)
@@ -207,12 +212,13 @@ def main(
 
     print(f"\n{health['task']} ({health['backend']}), {requests} requests per cell, {texts_per_request} "
           f"sentence(s) per request, {os.cpu_count()} CPUs")
-    print("| concurrency | batching | requests/s | sentences/s | p50 ms | p95 ms | p99 ms | server CPU ms/sentence |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| concurrency | batching | requests/s | sentences/s | p50 ms | p95 ms | p99 ms | server CPU ms/sentence "
+          "| sentences/model call |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in cells:
         print(f"| {c['concurrency']} | {c['batching']} | {c['requests_per_s']:,.1f} | {c['sentences_per_s']:,.1f} | "
               f"{c['latency_ms_p50']:.2f} | {c['latency_ms_p95']:.2f} | {c['latency_ms_p99']:.2f} | "
-              f"{c['server_cpu_ms_per_sentence']:.3f} |")
+              f"{c['server_cpu_ms_per_sentence']:.3f} | {c['sentences_per_model_call']:.1f} |")
     print(f"\nat concurrency {top}: batching on / off = {ratio:.2f}x sentences/s (goal >= 3x: "
           f"{'met' if goals['batching_speedup_met'] else 'missed'}); server CPU per sentence off / on = "
           f"{cpu_ratio:.2f}x")

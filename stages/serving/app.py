@@ -190,7 +190,7 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
 
     @app.get("/health", summary="The model's task, backend, labels, batching and limits, once loaded")
     async def get_health() -> dict:
-        return health
+        return health | {"model_calls": batcher.calls, "sentences": batcher.sentences}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -40,6 +40,7 @@ class DynamicBatcher:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
         self.model, self.max_batch, self.max_wait, self.enabled = model, max_batch, max_wait_ms / 1000, enabled
         self.calls = 0          # model calls so far (batches when enabled)
+        self.sentences = 0      # sentences (or pairs) answered by those calls
         self.arriving = 0       # requests the server is reading that have not reached the queue yet
         self._queue: asyncio.Queue[_Request] | None = None
         self._held: _Request | None = None  # a request that did not fit in the previous batch
@@ -64,6 +65,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         if not self.enabled:
             self.calls += 1
+            self.sentences += len(texts_a)
             return await loop.run_in_executor(self._pool, self.model, texts_a, texts_b)
         request = _Request(texts_a, texts_b, loop.create_future())
         self._queue.put_nowait(request)
@@ -110,6 +112,7 @@ class DynamicBatcher:
             texts_a = [t for r in batch for t in r.texts_a]
             texts_b = None if batch[0].texts_b is None else [t for r in batch for t in r.texts_b]
             self.calls += 1
+            self.sentences += len(texts_a)
             try:
                 if len(texts_a) == 1 and self.arriving == 0 and self._queue.empty() and self._held is None:
                     rows = self.model(texts_a, texts_b)  # one sentence, nobody waiting: skip two thread switches
