@@ -282,6 +282,66 @@ def predict(
             typer.echo(f"{row['label']}\t{probs}\t{row['text']}")
 
 
+@app.command()
+def serve(
+    export_dir: Path = typer.Option(None, "--export-dir", "-m",
+                                    help="An export directory (the export stage's output); default "
+                                         "models/export/<first task in params.yaml>."),
+    backend: str = typer.Option(None, "--backend", "-b",
+                                help="onnx (fp32) or onnx-int8; default: the model card's recommendation."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network."),
+    port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes, each with its own model and batcher."),
+    batching: bool = typer.Option(True, "--batching/--no-batching",
+                                  help="Dynamic batching: concurrent requests share one model call."),
+    max_batch: int = typer.Option(64, min=1, help="Most sentences (or pairs) in one model call."),
+    max_wait_ms: float = typer.Option(2.0, min=0,
+                                      help="How long the oldest queued request may wait for requests the server "
+                                           "is still reading (a lone request never waits)."),
+    max_texts: int = typer.Option(256, min=1, help="Most texts (or pairs) per request (413 beyond)."),
+    max_chars: int = typer.Option(2000, min=1, help="Most characters per text (422 beyond)."),
+    max_body_bytes: int = typer.Option(1_000_000, min=1, help="Largest request body in bytes (413 beyond)."),
+    threads: int = typer.Option(None, min=1, help="onnxruntime threads per model call; default: all cores."),
+    params: Path = ParamsOption,
+) -> None:
+    """Serve an exported student over HTTP (FastAPI on uvicorn), without PyTorch.
+
+    POST /predict with JSON {"texts": a list of sentences} (pair models: {"pairs": a list of two-sentence
+    lists}) -> a label and class probabilities per input, in order; GET /health; GET / a page to try it; GET /docs the OpenAPI page. Bad requests get
+    a 4xx JSON error. SIGTERM (or Ctrl-C) lets in-flight requests finish. See docs/serving.md.
+    """
+    import json
+    import os
+    import signal
+    from dataclasses import asdict
+
+    try:
+        import uvicorn
+
+        from stages.serving.app import SETTINGS_ENV, Batching, Limits, create_app, recommended_backend
+    except ImportError as e:
+        raise StageError(f"serve needs the serving extra ({e.name} is missing): pip install -e '.[serve]'") from None
+    from stages.serving.app import SETTINGS_ENV, Batching, Limits, create_app, recommended_backend
+
+    if export_dir is None:
+        export_dir = paths.model_dir("export", load_params(params).tasks[0])
+    backend = backend or recommended_backend(export_dir)
+    knobs = Batching(enabled=batching, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    limits = Limits(max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes)
+    service = create_app(export_dir, backend, batching=knobs, limits=limits, threads=threads)  # fails here, not in uvicorn
+    typer.echo(f"serving {export_dir} ({backend}, batching {'on' if batching else 'off'}) on http://{host}:{port}/")
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler found at start:
+    # this one makes that a clean exit (status 0) rather than death by signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if workers == 1:
+        uvicorn.run(service, host=host, port=port, log_level="warning")
+        return
+    os.environ[SETTINGS_ENV] = json.dumps({"export_dir": str(export_dir), "backend": backend, "threads": threads,
+                                           "batching": asdict(knobs), "limits": asdict(limits)})
+    uvicorn.run("stages.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def show(ctx: typer.Context) -> None:
     """`dvc exp show` with readable columns: the summary metrics, the knobs an experiment usually turns
