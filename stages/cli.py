@@ -65,14 +65,21 @@ def download(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
     t = get_task(task)
     p = load_params(params)
-    summary = run_download(
+    from stages.data.dedup import conflict_message
+
+    result = run_download(
         t, paths.raw_dir(t.name), glue_dir=p.data.glue_dir, glue_revision=p.data.glue_revision,
         split_seed=p.data.split_seed, rt_dev_fraction=p.data.rt_dev_fraction,
         rt_test_fraction=p.data.rt_test_fraction, hub_dir=p.data.hub_dir, source=paths.source_file(t.name),
     )
-    write_json({"task": t.name, "splits": summary}, paths.metrics_dir(t.name) / "data.json")
-    for split, info in summary.items():
+    write_json({"task": t.name, **result}, paths.metrics_dir(t.name) / "data.json")
+    for split, info in result["splits"].items():
         typer.echo(f"{t.name}/{split}: {info['rows']} rows {info['labels']}")
+    leak = result["leakage"]
+    if message := conflict_message(t.name, leak):
+        typer.echo(message, err=True)
+    typer.echo(f"{t.name}: leakage rule {'applied' if leak['applied'] else 'counted only'}: duplicates within "
+               f"splits {leak['duplicates_within_split']}, across splits {leak['duplicates_across_splits']}")
 
 
 @app.command()

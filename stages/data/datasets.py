@@ -244,13 +244,19 @@ def to_ids(df: pd.DataFrame, names: list[str], name: str, column: str, split: st
                          f"datasets.{name}.labels {names} ({int(bad.sum())} row(s))")
     out = df.assign(label=ids.fillna(-1).astype("int64"))
     out.attrs = dict(df.attrs)
-    if split != "test":
-        counts = out["label"].value_counts()
-        absent = [n for i, n in enumerate(names) if i not in counts.index]
-        if absent:
-            raise StageError(f"{where}: class(es) {absent} have no examples in the {split} split of dataset {name}; "
-                             "every class needs examples in train and dev")
+    check_classes(out, names, name, split)
     return out
+
+
+def check_classes(df: pd.DataFrame, names: list[str], name: str, split: str, why: str = "") -> None:
+    """Every class has examples in train and dev (class ids in df["label"])."""
+    if split == "test":
+        return
+    counts = df["label"].value_counts()
+    absent = [n for i, n in enumerate(names) if i not in counts.index]
+    if absent:
+        raise StageError(f"{df.attrs.get('source', split)}: class(es) {absent} have no examples in the {split} split "
+                         f"of dataset {name}{why}; every class needs examples in train and dev")
 
 
 def task_for(name: str, spec: DatasetSpec, names: list[str], has_test: bool) -> Task:
