@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 
 from stages import paths
 from stages.errors import StageError
-from stages.data.hub import split_files
+from stages.data.hub import check_hub_id, split_files
 from stages.data.tasks import Task, metrics_for, paper_defaults
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".parquet": None}
@@ -70,6 +70,13 @@ class DatasetSpec(BaseModel):
         except LookupError:
             raise ValueError(f"unknown encoding {encoding!r}") from None
         return encoding
+
+    @field_validator("hub")
+    @classmethod
+    def _hub(cls, hub: Optional[str]) -> Optional[str]:
+        if hub is not None:
+            check_hub_id(hub)
+        return hub
 
     @model_validator(mode="after")
     def _source(self) -> "DatasetSpec":
@@ -121,6 +128,11 @@ def check_local_path(name: str, split: str, file: str) -> Path:
                          "so that the pipeline reruns when they change")
     if not path.is_file():
         raise StageError(f"datasets.{name}.{split}: file {file} not found")
+    # the text of the path is inside; a symlink (of the file or of a folder on the way) may still lead out
+    target, root = path.resolve(), paths.EXTERNAL.resolve()
+    if not target.is_relative_to(root):
+        raise StageError(f"datasets.{name}.{split}: {file} resolves to {target}, outside {paths.EXTERNAL}/; "
+                         "copy the file there instead of linking to it")
     return path
 
 
