@@ -30,6 +30,7 @@ from stages.data.tasks import Task, metrics_for, paper_defaults
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".parquet": None}
 SPLITS = ("train", "dev", "test")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+INTEGRAL = re.compile(r"^([+-]?\d+)\.0*$")  # 1.0, 2., -3.00: an integer written as a float
 
 
 class DatasetSpec(BaseModel):
@@ -109,6 +110,8 @@ def label_text(value) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
+    if match := INTEGRAL.match(text):  # a CSV stores 1.0 as the text "1.0": the same class as 1
+        text = str(int(match.group(1)))
     return text or None
 
 
@@ -198,6 +201,13 @@ def clean_split(df: pd.DataFrame, where: str, name: str, spec: DatasetSpec, spli
     labels = df[spec.label].map(label_text) if spec.label in df.columns else pd.Series(None, index=df.index, dtype=object)
     out = pd.DataFrame({"text_a": texts[0], "text_b": texts[1] if len(texts) == 2 else None,
                         "label": labels, "idx": df.index.astype("int64")}, index=df.index)[~empty]
+    if out.empty:
+        if df.empty:
+            raise StageError(f"{where}: no rows (a header and no data)" if len(df.columns) else f"{where}: no rows")
+        blank = [c for c, column in zip(spec.text, texts) if (column.str.strip() == "").all()]
+        raise StageError(f"{where}: all {len(df)} row(s) were dropped for an empty text "
+                         f"(column(s) {blank} empty in every row)" if blank else
+                         f"{where}: all {len(df)} row(s) were dropped for an empty text in one of {spec.text}")
     if split != "test" and out["label"].isna().any():
         row = out.index[out["label"].isna()][0]
         raise StageError(f"{where}, row {row}, column {spec.label!r}: empty label "
