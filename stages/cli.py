@@ -265,28 +265,37 @@ def predict(
     json_lines: bool = typer.Option(False, "--json", help="Print one JSON object per example."),
     device: str = typer.Option("cpu", help="torch backend: cpu, cuda or auto."),
 ) -> None:
-    """Classify sentences (or sentence pairs) with a trained student: label and class probabilities."""
+    """Classify sentences (or sentence pairs) with a trained student: label and class probabilities.
+
+    A line that is not UTF-8, an empty text or a malformed pair gets an ERROR row in its place (JSON:
+    {"input", "error"}); the other lines are answered, and the exit status is then 1."""
     import json
 
-    from stages.predict import classify
+    from stages.predict import answer, read_arguments, read_lines
 
-    lines = list(texts or [])
+    items = read_arguments(list(texts or []))
     if file is not None:
         try:
-            content = sys.stdin.read() if str(file) == "-" else file.read_text()
+            content = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
         except OSError as e:
             raise StageError(f"cannot read {file}: {e.strerror}") from None
-        lines += [line for line in content.splitlines() if line.strip()]
-    if not lines:
+        items += read_lines(content)
+    if not items:
         raise StageError("nothing to classify: give sentences as arguments or --file")
     if model is None:
         model = Path("models/student/rt/seed-1") if backend == "torch" else paths.model_dir("export", "rt")
-    for row in classify(model, lines, device, backend):
+    rows = answer(model, items, device, backend)
+    for row in rows:
         if json_lines:
             typer.echo(json.dumps(row))
+        elif "error" in row:
+            typer.echo(f"ERROR\t{row['error']}")
         else:
             probs = "  ".join(f"{name}={p:.3f}" for name, p in row["probabilities"].items())
             typer.echo(f"{row['label']}\t{probs}\t{row['text']}")
+    refused = sum("error" in row for row in rows)
+    if refused:
+        raise StageError(f"{refused} of {len(rows)} input(s) refused (their ERROR rows say why); the others were answered")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
