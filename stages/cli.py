@@ -35,6 +35,17 @@ def _group() -> None:
     """Keeps the app a command group even while it has one command."""
 
 
+@app.command("check-params")
+def check_params(params: Path = ParamsOption) -> None:
+    """Validate the whole parameter file (types, ranges, cross-field rules) and write data/params-checked.txt.
+
+    The first DVC stage: every other stage runs after it, so a bad `dvc exp run -S` value stops the pipeline
+    before any stage removes its outputs. The file's content never changes, so a good edit reruns nothing else."""
+    load_params(params)
+    with atomic_path(paths.PARAMS_CHECKED) as tmp:
+        tmp.write_text(f"{Path(params).name} is valid\n")
+
+
 @app.command()
 def sources(params: Path = ParamsOption) -> None:
     """Describe what each task in `tasks` is read from: data/sources/<task>.json.
