@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from typer.testing import CliRunner
 
 from stages.cli import app
 from stages.errors import StageError
 from stages.export import export_student
+from stages.predict import answer, read_lines
 from stages.params import DistillParams, StudentParams
 from stages.student import train_student
 from stages.models.onnx_student import OnnxStudent
@@ -155,3 +158,21 @@ def test_a_corrupt_export_config_is_a_clear_error(models, tmp_path, content):
         OnnxStudent(export)
     result = predict("--backend", "onnx", "--model", str(export), "fine")
     assert result.returncode == 1 and b"config.json" in result.stderr
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode), backend=st.sampled_from(["torch", "onnx"]))
+def test_property_any_bytes_get_an_answer_or_an_error_per_line(models, data, backend):
+    """A clear StageError or a correct result, never another exception: one row per non-blank line, in order,
+    probabilities that sum to 1."""
+    items = read_lines(data)
+    if not items:
+        return
+    rows = answer(models[backend], items, backend=backend)
+    assert len(rows) == len(items)
+    for item, row in zip(items, rows):
+        if item.error is not None:
+            assert row == {"input": item.where, "error": item.error}
+        else:
+            assert row["text"] == item.text and row["label"] in ("rotten", "fresh")
+            assert abs(sum(row["probabilities"].values()) - 1) < 1e-3
