@@ -14,7 +14,10 @@ from stages.download import clean_rt_counted, download
 from stages.errors import StageError
 from stages.sources import write_sources
 from stages.data.tasks import get_task
-from tests.conftest import SHARED_GLUE, run_cli, write_params
+from typer.testing import CliRunner
+
+from stages.cli import app
+from tests.conftest import SHARED_GLUE, write_params
 
 
 @pytest.fixture
@@ -90,9 +93,9 @@ def test_the_cli_writes_the_counts_and_names_the_conflicts(workdir):
     declared = declare(workdir, {"train": train, "dev": dev})
     params = write_params(workdir / "params.yaml", tasks=["d"],
                           datasets={"d": declared["d"].model_dump(exclude_defaults=True)})
-    assert run_cli("sources", "--params", str(params), cwd=workdir).returncode == 0
-    result = run_cli("download", "--task", "d", "--params", str(params), cwd=workdir)
-    assert result.returncode == 0, result.stderr
+    assert CliRunner().invoke(app, ["sources", "--params", str(params)]).exit_code == 0
+    result = CliRunner().invoke(app, ["download", "--task", "d", "--params", str(params)])
+    assert result.exit_code == 0, result.output
     assert "d: 1 text(s) carry conflicting labels (2 row(s), dropped), e.g. 'x' ['neg', 'pos']" in result.stderr
     data = json.loads((workdir / "metrics/d/data.json").read_text())
     assert data["splits"]["train"]["rows"] == 3 and data["leakage"]["duplicates_within_split"]["train"] == 1

@@ -9,7 +9,10 @@ import pytest
 
 from stages.errors import StageError
 from stages.params import load_params
-from tests.conftest import REPO, run_cli, write_params
+from typer.testing import CliRunner
+
+from stages.cli import app
+from tests.conftest import REPO, write_params
 
 
 @pytest.mark.parametrize("override, message", [
@@ -49,15 +52,16 @@ def test_floats_written_by_yaml_1_1_as_strings_still_load(tmp_path):
     assert load_params(params).distill.lr == 0.001
 
 
-def test_check_params_command_writes_a_constant_file_and_refuses_bad_values(tmp_path):
+def test_check_params_command_writes_a_constant_file_and_refuses_bad_values(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     good = write_params(tmp_path / "params.yaml")
-    result = run_cli("check-params", "--params", str(good), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result = CliRunner().invoke(app, ["check-params", "--params", str(good)])
+    assert result.exit_code == 0, result.output
     assert (tmp_path / "data/params-checked.txt").read_text() == "params.yaml is valid\n"
     bad = write_params(tmp_path / "bad.yaml", augment={"ngram_min": 6})
-    result = run_cli("check-params", "--params", str(bad), cwd=tmp_path)
-    assert result.returncode == 1 and "ngram_min (6) is larger than ngram_max (5)" in result.stderr
-    assert "Traceback" not in result.stderr
+    result = CliRunner().invoke(app, ["check-params", "--params", str(bad)])
+    assert isinstance(result.exception, StageError) and "ngram_min (6) is larger than ngram_max (5)" in str(result.exception)
+    assert (tmp_path / "data/params-checked.txt").read_text() == "params.yaml is valid\n"
 
 
 def test_every_stage_runs_after_the_check_stage():
