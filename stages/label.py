@@ -86,6 +86,7 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
         LABELED_SCHEMA.field("teacher_label"), pa.array(argmax, pa.int64()))
     write_parquet(table, out_path)
     shutil.rmtree(cache, ignore_errors=True)
+    lock.release()
     return {
         "rows": n_rows,
         "rows_labeled_now": labeled,

@@ -73,4 +73,5 @@ def test_the_lock_is_released_when_its_holder_is_done(tmp_path):
         assert "pid" in lock.path.read_text()
         with pytest.raises(StageError, match="label rt is already running"):
             RunLock(tmp_path, "rt", "label rt")
+    assert not lock.path.exists()  # a finished run leaves no lock file
     RunLock(tmp_path, "rt", "label rt").release()

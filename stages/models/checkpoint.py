@@ -67,3 +67,4 @@ class EpochCheckpoint:
 
     def finish(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.lock.release()
