@@ -35,6 +35,17 @@ def _group() -> None:
     """Keeps the app a command group even while it has one command."""
 
 
+@app.command("check-params")
+def check_params(params: Path = ParamsOption) -> None:
+    """Validate the whole parameter file (types, ranges, cross-field rules) and write data/params-checked.txt.
+
+    The first DVC stage: every other stage runs after it, so a bad `dvc exp run -S` value stops the pipeline
+    before any stage removes its outputs. The file's content never changes, so a good edit reruns nothing else."""
+    load_params(params)
+    with atomic_path(paths.PARAMS_CHECKED) as tmp:
+        tmp.write_text(f"{Path(params).name} is valid\n")
+
+
 @app.command()
 def sources(params: Path = ParamsOption) -> None:
     """Describe what each task in `tasks` is read from: data/sources/<task>.json.
@@ -65,14 +76,21 @@ def download(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
     t = get_task(task)
     p = load_params(params)
-    summary = run_download(
+    from stages.data.dedup import conflict_message
+
+    result = run_download(
         t, paths.raw_dir(t.name), glue_dir=p.data.glue_dir, glue_revision=p.data.glue_revision,
         split_seed=p.data.split_seed, rt_dev_fraction=p.data.rt_dev_fraction,
         rt_test_fraction=p.data.rt_test_fraction, hub_dir=p.data.hub_dir, source=paths.source_file(t.name),
     )
-    write_json({"task": t.name, "splits": summary}, paths.metrics_dir(t.name) / "data.json")
-    for split, info in summary.items():
+    write_json({"task": t.name, **result}, paths.metrics_dir(t.name) / "data.json")
+    for split, info in result["splits"].items():
         typer.echo(f"{t.name}/{split}: {info['rows']} rows {info['labels']}")
+    leak = result["leakage"]
+    if message := conflict_message(t.name, leak):
+        typer.echo(message, err=True)
+    typer.echo(f"{t.name}: leakage rule {'applied' if leak['applied'] else 'counted only'}: duplicates within "
+               f"splits {leak['duplicates_within_split']}, across splits {leak['duplicates_across_splits']}")
 
 
 @app.command()
@@ -258,28 +276,37 @@ def predict(
     json_lines: bool = typer.Option(False, "--json", help="Print one JSON object per example."),
     device: str = typer.Option("cpu", help="torch backend: cpu, cuda or auto."),
 ) -> None:
-    """Classify sentences (or sentence pairs) with a trained student: label and class probabilities."""
+    """Classify sentences (or sentence pairs) with a trained student: label and class probabilities.
+
+    A line that is not UTF-8, an empty text or a malformed pair gets an ERROR row in its place (JSON:
+    {"input", "error"}); the other lines are answered, and the exit status is then 1."""
     import json
 
-    from stages.predict import classify
+    from stages.predict import answer, read_arguments, read_lines
 
-    lines = list(texts or [])
+    items = read_arguments(list(texts or []))
     if file is not None:
         try:
-            content = sys.stdin.read() if str(file) == "-" else file.read_text()
+            content = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
         except OSError as e:
             raise StageError(f"cannot read {file}: {e.strerror}") from None
-        lines += [line for line in content.splitlines() if line.strip()]
-    if not lines:
+        items += read_lines(content)
+    if not items:
         raise StageError("nothing to classify: give sentences as arguments or --file")
     if model is None:
         model = Path("models/student/rt/seed-1") if backend == "torch" else paths.model_dir("export", "rt")
-    for row in classify(model, lines, device, backend):
+    rows = answer(model, items, device, backend)
+    for row in rows:
         if json_lines:
             typer.echo(json.dumps(row))
+        elif "error" in row:
+            typer.echo(f"ERROR\t{row['error']}")
         else:
             probs = "  ".join(f"{name}={p:.3f}" for name, p in row["probabilities"].items())
             typer.echo(f"{row['label']}\t{probs}\t{row['text']}")
+    refused = sum("error" in row for row in rows)
+    if refused:
+        raise StageError(f"{refused} of {len(rows)} input(s) refused (their ERROR rows say why); the others were answered")
 
 
 @app.command()

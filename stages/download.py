@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.data import datasets
+from stages.data import datasets, dedup
 from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA, atomic_path, check_columns, read_parquet
 from stages.data.tasks import Task
@@ -75,9 +75,17 @@ def _glue_split(task: Task, split: str, glue_dir: str | None, revision: str) -> 
     return out
 
 
-def load_glue(task: Task, glue_dir: str | None, revision: str, **_) -> dict[str, pd.DataFrame]:
+def split_priority(task: Task) -> list[str]:
+    """Splits from the most to the least protected (the leakage rule): test, then dev, then train."""
+    return [*task.test_splits, *task.eval_splits, "train"]
+
+
+def load_glue(task: Task, glue_dir: str | None, revision: str, **_) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The published splits, kept as published (scores compare with the literature): the leakage rule's
+    counts are reported, nothing is dropped."""
     splits = {"train": task.train_split, **task.eval_splits, **task.test_splits}
-    return {ours: _glue_split(task, theirs, glue_dir, revision) for ours, theirs in splits.items()}
+    frames = {ours: _glue_split(task, theirs, glue_dir, revision) for ours, theirs in splits.items()}
+    return dedup.deduplicate(frames, split_priority(task), task.label_names, apply=False)
 
 
 def fetch_rt_csv() -> bytes:
@@ -100,18 +108,22 @@ def fetch_rt_csv() -> bytes:
     return data
 
 
-def clean_rt(csv: pd.DataFrame, label_names: tuple[str, ...]) -> pd.DataFrame:
-    """Critic snippets only (no plot summaries), no empty or duplicate texts; idx = the CSV row."""
+def clean_rt_counted(csv: pd.DataFrame, label_names: tuple[str, ...]) -> tuple[pd.DataFrame, dict]:
+    """Critic snippets only (no plot summaries), no empty texts, then the leakage rule on the whole pool
+    (before the split, so no text straddles two splits); idx = the CSV row. Returns the rows and the counts."""
     check_columns(list(csv.columns), ["category", "text", "movie_name", "has_plot_and_reviews"], RT_MEMBER)
     df = csv.reset_index(names="idx")
     df = df[df["category"].isin(label_names)]
     df = df.assign(text=df["text"].fillna("").str.strip())
     df = df[df["text"] != ""]
-    # A text seen with both labels is ambiguous: drop every copy. Otherwise keep the first copy.
-    conflicting = df.groupby("text")["category"].transform("nunique") > 1
-    df = df[~conflicting].drop_duplicates("text", keep="first")
     label = df["category"].map({name: i for i, name in enumerate(label_names)})
-    return pd.DataFrame({"text_a": df["text"], "text_b": None, "label": label, "idx": df["idx"]})
+    pool = pd.DataFrame({"text_a": df["text"], "text_b": None, "label": label, "idx": df["idx"]})
+    frames, report = dedup.deduplicate({"train": pool}, ["train"], label_names)
+    return frames["train"], report
+
+
+def clean_rt(csv: pd.DataFrame, label_names: tuple[str, ...]) -> pd.DataFrame:
+    return clean_rt_counted(csv, label_names)[0]
 
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
@@ -131,18 +143,21 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
     return assignment
 
 
-def load_rt(task: Task, split_seed: int, rt_dev_fraction: float, rt_test_fraction: float, **_) -> dict[str, pd.DataFrame]:
+def load_rt(task: Task, split_seed: int, rt_dev_fraction: float, rt_test_fraction: float,
+            **_) -> tuple[dict[str, pd.DataFrame], dict]:
     csv = pd.read_csv(io.BytesIO(bz2.decompress(fetch_rt_csv())))
-    df = clean_rt(csv, task.label_names)
+    df, report = clean_rt_counted(csv, task.label_names)
     split = stratified_split(df["label"].to_numpy(), {"dev": rt_dev_fraction, "test": rt_test_fraction}, split_seed)
     frames = {name: df[split == name].sort_values("idx").reset_index(drop=True) for name in ("train", "dev", "test")}
     for frame in frames.values():
         frame.attrs["source"] = f"{RT_REQUIREMENT}:{RT_MEMBER}"
-    return frames
+    return frames, report
 
 
-def load_user(task: Task, split_seed: int, source: Path | None, hub_dir: str | None, **_) -> dict[str, pd.DataFrame]:
-    """A declared dataset; without a dev file, a stratified `dev_fraction` of train (data.split_seed) is dev."""
+def load_user(task: Task, split_seed: int, source: Path | None, hub_dir: str | None,
+              **_) -> tuple[dict[str, pd.DataFrame], dict]:
+    """A declared dataset, with the leakage rule applied; without a dev file, a stratified `dev_fraction` of
+    train (data.split_seed) is dev, split after the rule so that no duplicate straddles the split."""
     if source is None or not Path(source).exists():
         raise StageError(f"{task.name}: its source description {source} is missing; run the sources stage first")
     spec = datasets.DatasetSpec.model_validate(json.loads(Path(source).read_text())["dataset"])
@@ -150,6 +165,9 @@ def load_user(task: Task, split_seed: int, source: Path | None, hub_dir: str | N
     for split, (df, dropped) in datasets.load(task, spec, hub_dir).items():
         df.attrs["dropped_empty_text"] = dropped
         frames[split] = df
+    frames, report = dedup.deduplicate(frames, split_priority(task), task.label_names)
+    for split, df in frames.items():
+        datasets.check_classes(df, list(task.label_names), task.name, split, " after the leakage rule")
     if "dev" not in frames:
         train = frames["train"]
         assignment = stratified_split(train["label"].to_numpy(), {"dev": spec.dev_fraction}, split_seed)
@@ -162,7 +180,7 @@ def load_user(task: Task, split_seed: int, source: Path | None, hub_dir: str | N
             raise StageError(f"{train.attrs['source']}: class(es) {absent} have too few rows to put any in the dev "
                              f"split (datasets.{task.name}.dev_fraction={spec.dev_fraction}); give a dev file or "
                              "a larger dev_fraction")
-    return {split: frames[split] for split in ("train", "dev", "test") if split in frames}
+    return {split: frames[split] for split in ("train", "dev", "test") if split in frames}, report
 
 
 SOURCES = {"glue": load_glue, "rt": load_rt, "user": load_user}
@@ -195,14 +213,17 @@ def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_rev
     """Write out_dir/<split>.parquet for every split of `task`; return row counts and class balance.
 
     `source`: data/sources/<task>.json for a declared dataset; `hub_dir`: a local copy of Hub datasets."""
-    frames = SOURCES[task.source](task, glue_dir=glue_dir, revision=glue_revision, split_seed=split_seed,
-                                  rt_dev_fraction=rt_dev_fraction, rt_test_fraction=rt_test_fraction,
-                                  source=source, hub_dir=hub_dir)
+    frames, leakage = SOURCES[task.source](task, glue_dir=glue_dir, revision=glue_revision, split_seed=split_seed,
+                                           rt_dev_fraction=rt_dev_fraction, rt_test_fraction=rt_test_fraction,
+                                           source=source, hub_dir=hub_dir)
+    leakage["overlap_after_rule"] = dedup.remaining_overlaps(frames, split_priority(task))
+    if leakage["applied"] and any(leakage["overlap_after_rule"].values()):  # the rule's own guarantee
+        raise StageError(f"{task.name}: splits still share texts after the leakage rule: {leakage['overlap_after_rule']}")
     tables = {split: validate_split(df, task, split) for split, df in frames.items()}
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
         for split, table in tables.items():
             pq.write_table(table, tmp / f"{split}.parquet")
-    return {
+    splits = {
         split: {
             "rows": table.num_rows,
             "labels": {
@@ -212,3 +233,4 @@ def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_rev
              if "dropped_empty_text" in frames[split].attrs else {})
         for split, table in tables.items()
     }
+    return {"splits": splits, "leakage": leakage}

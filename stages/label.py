@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stages.errors import StageError
+from stages.data.locks import RunLock
 from stages.data.io import LABELED_SCHEMA, TRANSFER_SCHEMA, input_key, read_parquet, remove_other_keys, write_parquet
 from stages.data.tasks import Task
 from stages.models.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
@@ -41,6 +42,7 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
           batch_size: int = 256, shard_rows: int = 16384, max_length: int = 128,
           cache_root: Path = Path("data/cache/label")) -> dict:
     """Write out_path = the transfer set + `logits` (float32 list) + `teacher_label`; return timings."""
+    lock = RunLock(cache_root, task.name, f"label {task.name}")  # one run per task shares the cache; held to return
     transfer = read_parquet(transfer_path, TRANSFER_SCHEMA, hint="run the augment stage first")
     if transfer.num_rows == 0:
         raise StageError(f"{transfer_path}: the transfer set is empty")
@@ -84,6 +86,7 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
         LABELED_SCHEMA.field("teacher_label"), pa.array(argmax, pa.int64()))
     write_parquet(table, out_path)
     shutil.rmtree(cache, ignore_errors=True)
+    lock.release()
     return {
         "rows": n_rows,
         "rows_labeled_now": labeled,

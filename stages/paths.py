@@ -6,6 +6,7 @@ DATA = Path("data")
 EXTERNAL = DATA / "external"  # your own datasets' files (params.yaml `datasets:`), tracked by the sources stage
 MODELS = Path("models")
 METRICS = Path("metrics")
+PARAMS_CHECKED = DATA / "params-checked.txt"  # the `check` stage's constant output: params.yaml passed validation
 
 
 def sources_dir() -> Path:

@@ -2,10 +2,15 @@
 
 Two backends: `torch` runs a student directory (models/<kind>/<task>/seed-<n>); `onnx` / `onnx-int8` run an
 export directory (models/export/<task>) with onnxruntime, and never import PyTorch.
+
+Input is checked line by line (docs/reliability.md): a line that is not UTF-8, an empty argument, or a pair
+line without exactly one tab gets an error in its place and the other lines are still answered; blank lines of a
+file are skipped (training drops empty texts too).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from stages.errors import StageError
@@ -14,15 +19,65 @@ ONNX_BACKENDS = {"onnx": "fp32", "onnx-int8": "int8"}  # backend name -> exporte
 BACKENDS = ("torch", *ONNX_BACKENDS)
 
 
+@dataclass(frozen=True)
+class Item:
+    """One input to classify: where it came from ("line 3", "argument 2"), its text, or why it is refused."""
+
+    where: str
+    text: str | None = None
+    error: str | None = None
+
+
+def _utf8_error(where: str, raw: bytes, e: UnicodeDecodeError) -> str:
+    return f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+
+
+def read_lines(data: bytes) -> list[Item]:
+    """One item per non-blank line of `data` (a file or stdin, as bytes); a UTF-8 BOM is dropped."""
+    items = []
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), 1):
+        raw = raw.removesuffix(b"\r")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            items.append(Item(f"line {number}", error=_utf8_error(f"line {number}", raw, e) + "; the line is skipped"))
+            continue
+        if text.strip():
+            items.append(Item(f"line {number}", text))
+    return items
+
+
+def read_arguments(texts: list[str]) -> list[Item]:
+    """Command-line texts; Python hands over an invalid byte as a lone surrogate, refused here."""
+    items = []
+    for number, text in enumerate(texts, 1):
+        where = f"argument {number}"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogateescape")
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                items.append(Item(where, error=_utf8_error(where, raw, e)))
+                continue
+        items.append(Item(where, text) if text.strip() else Item(where, error=f"{where}: empty text (nothing to classify)"))
+    return items
+
+
 def split_pairs(lines: list[str], pair: bool) -> tuple[list[str], list[str] | None]:
     """Single sentences as given; pairs as 'first<TAB>second' (exactly one tab)."""
     if not pair:
         return lines, None
     parts = [line.split("\t") for line in lines]
-    bad = [i + 1 for i, p in enumerate(parts) if len(p) != 2 or not p[0].strip() or not p[1].strip()]
+    bad = [i + 1 for i, p in enumerate(parts) if not _is_pair(p)]
     if bad:
         raise StageError(f"this student classifies sentence pairs: line(s) {bad[:5]} are not 'first<TAB>second'")
     return [p[0] for p in parts], [p[1] for p in parts]
+
+
+def _is_pair(parts: list[str]) -> bool:
+    return len(parts) == 2 and bool(parts[0].strip()) and bool(parts[1].strip())
 
 
 def _load(model_dir: Path, backend: str, device: str):
@@ -38,13 +93,36 @@ def _load(model_dir: Path, backend: str, device: str):
     raise StageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def classify(model_dir: Path, lines: list[str], device: str = "cpu", backend: str = "torch") -> list[dict]:
+def answer(model_dir: Path, items: list[Item], device: str = "cpu", backend: str = "torch") -> list[dict]:
+    """One row per item, in order: {"text", "label", "probabilities"}, or {"input", "error"} for a refused one."""
     student = _load(Path(model_dir), backend, device)
-    label_names = student.config["label_names"]
-    texts_a, texts_b = split_pairs(lines, student.config["pair"])
-    probabilities = student.predict_proba(texts_a, texts_b)
-    return [
-        {"text": line, "label": label_names[int(p.argmax())],
-         "probabilities": {name: round(float(v), 4) for name, v in zip(label_names, p)}}
-        for line, p in zip(lines, probabilities)
-    ]
+    label_names, pair = student.config["label_names"], student.config["pair"]
+    checked = []
+    for item in items:
+        if item.error is None and pair and not _is_pair(item.text.split("\t")):
+            item = Item(item.where, error=f"{item.where}: this student classifies sentence pairs: "
+                                          "expected 'first<TAB>second'")
+        checked.append(item)
+    good = [item.text for item in checked if item.error is None]
+    probabilities = iter([])
+    if good:
+        texts_a, texts_b = split_pairs(good, pair)
+        probabilities = iter(student.predict_proba(texts_a, texts_b))
+    rows = []
+    for item in checked:
+        if item.error is not None:
+            rows.append({"input": item.where, "error": item.error})
+            continue
+        p = next(probabilities)
+        rows.append({"text": item.text, "label": label_names[int(p.argmax())],
+                     "probabilities": {name: round(float(v), 4) for name, v in zip(label_names, p)}})
+    return rows
+
+
+def classify(model_dir: Path, lines: list[str], device: str = "cpu", backend: str = "torch") -> list[dict]:
+    """Texts that are known to be good (e.g. from Python): the answers, or a StageError for the first bad one."""
+    rows = answer(model_dir, read_arguments(lines), device, backend)
+    errors = [row["error"] for row in rows if "error" in row]
+    if errors:
+        raise StageError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+    return rows

@@ -48,7 +48,7 @@ def spec(**fields) -> DatasetSpec:
 def run_download(name: str, declared: dict, out: Path, **kwargs) -> dict:
     """sources, then download, as the two stages do them (paths relative to the current directory)."""
     write_sources([name], declared, paths.sources_dir(), hub_dir=kwargs.get("hub_dir"))
-    return download(get_task(name), out, source=paths.source_file(name), **kwargs)
+    return download(get_task(name), out, source=paths.source_file(name), **kwargs)["splits"]
 
 
 def read_raw(out: Path, split: str) -> pd.DataFrame:
@@ -108,8 +108,9 @@ def test_pair_dataset_is_a_siamese_task_with_test_split(workdir):
     pairs = pd.DataFrame({"q1": [f"how do i {v} it" for v in "abcdefghij"], "q2": [f"can i {v} this" for v in "abcdefghij"],
                           "same": ["yes", "no"] * 5})
     write_table(pairs, workdir / "data/external/p/train.csv")
-    write_table(pairs.iloc[:4], workdir / "data/external/p/dev.csv")
-    write_table(pairs.iloc[:3].drop(columns="same"), workdir / "data/external/p/test.csv")  # unlabelled test
+    other = pairs.assign(q1=pairs["q1"].str.replace("how do i", "why would i"))  # distinct texts: no leakage
+    write_table(other.iloc[:4], workdir / "data/external/p/dev.csv")
+    write_table(other.iloc[4:7].drop(columns="same"), workdir / "data/external/p/test.csv")  # unlabelled test
     declared = {"p": DatasetSpec(train="data/external/p/train.csv", dev="data/external/p/dev.csv",
                                  test="data/external/p/test.csv", text=["q1", "q2"], label="same", labels=["no", "yes"])}
     summary = run_download("p", declared, workdir / "raw")
@@ -219,7 +220,8 @@ def test_validation_errors_name_file_row_and_column(workdir, case, message):
 
 def test_a_declared_encoding_reads_the_file(workdir):
     content = "review,rating\nfine,pos\nl'\u00e9t\u00e9,neg\n".encode("latin-1")
-    run_download("bad", _declare(workdir, content, content, encoding="latin-1"), workdir / "raw")
+    dev = "review,rating\nbien,pos\nd\u00e9j\u00e0 vu,neg\n".encode("latin-1")  # distinct texts: no leakage
+    run_download("bad", _declare(workdir, content, dev, encoding="latin-1"), workdir / "raw")
     assert read_raw(workdir / "raw", "train")["text_a"].tolist() == ["fine", "l'\u00e9t\u00e9"]
 
 

@@ -28,7 +28,7 @@ def read_split(out: Path, split: str) -> pd.DataFrame:
      ("rte", {"train": 2490, "dev": 277, "test": 3000})],
 )
 def test_glue_from_local_copy_has_official_sizes(tmp_path, task, sizes):
-    summary = download(get_task(task), tmp_path / task, glue_dir=str(SHARED_GLUE))
+    summary = download(get_task(task), tmp_path / task, glue_dir=str(SHARED_GLUE))["splits"]
     assert {split: info["rows"] for split, info in summary.items()} == sizes
     train = read_split(tmp_path / task, "train")
     assert train["text_b"].isna().all() != get_task(task).is_pair

@@ -83,7 +83,7 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
 
     first = _run(["dvc", "repro"], repo)
     per_task = ["download", "teacher", "augment", "label", "evaluate", "export"]
-    assert _ran(first) == ({"sources"} | {f"{s}@{t}" for s in per_task for t in TASKS}
+    assert _ran(first) == ({"check", "sources"} | {f"{s}@{t}" for s in per_task for t in TASKS}
                            | {f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)})
     for task in TASKS:
         report = json.loads((repo / f"metrics/{task}/report.json").read_text())
@@ -132,7 +132,7 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
     experiment = _run(["dvc", "exp", "run", "-S", "student.hidden=12", "-S", "distill.rho=0.9"], repo)
     # the student's size (and its optimizer) change the student and the plain BiLSTM (the same network) for
     # every seed, and the summary; never the teacher or the transfer set
-    assert _ran(experiment) == ({f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)}
+    assert _ran(experiment) == ({"check"} | {f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)}
                                 | {f"{s}@{t}" for s in ("evaluate", "export") for t in TASKS})
     changed = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo))
     assert "student.dev_accuracy" in json.dumps(changed["metrics/sst2/summary.json"])
@@ -153,13 +153,13 @@ def test_tiny_pipeline_repro_rerun_and_experiment(tmp_path):
 
     # more seeds: only the new seed's runs and the summaries
     more = _run(["dvc", "exp", "run", "-S", "seeds=[1,2,3]"], repo)
-    assert _ran(more) == {f"{s}@{t}-3" for s in SEEDED for t in TASKS} | {f"{s}@{t}" for s in ("evaluate", "export")
+    assert _ran(more) == {"check"} | {f"{s}@{t}-3" for s in SEEDED for t in TASKS} | {f"{s}@{t}" for s in ("evaluate", "export")
                                                                            for t in TASKS}
     assert json.loads((repo / "metrics/sst2/report.json").read_text())["seeds"] == [1, 2, 3]
 
     # a transfer-set knob reruns augment, label and what follows, never download or teacher
     rerun = _run(["dvc", "exp", "run", "-S", "augment.p_mask=0.2", "evaluate@sst2"], repo)
-    assert _ran(rerun) == {"augment@sst2", "label@sst2", "evaluate@sst2"} | {f"student@sst2-{s}" for s in (1, 2, 3)}
+    assert _ran(rerun) == {"check", "augment@sst2", "label@sst2", "evaluate@sst2"} | {f"student@sst2-{s}" for s in (1, 2, 3)}
 
     predicted = _run([sys.executable, "-m", "stages", "predict", "--model", "models/student/mrpc/seed-1", "--json",
                       "first sentence number 1 .\tsecond sentence number 1 ?"], repo)
@@ -207,7 +207,7 @@ def test_own_datasets_run_through_every_stage_and_rerun_alone(tmp_path):
     def of(task: str) -> set[str]:
         return {f"{s}@{task}-1" if s in SEEDED else f"{s}@{task}" for s in stages}
 
-    assert _ran(_run(["dvc", "repro"], repo)) == {"sources"} | of("reviews") | of("pairs")
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check", "sources"} | of("reviews") | of("pairs")
     summary = json.loads((repo / "metrics/reviews/summary.json").read_text())
     assert {"accuracy", "macro_f1"} <= {k.split("_", 1)[1] for k in summary["student"]}  # 3 classes: macro-F1
     assert "student.dev_f1" not in json.dumps(summary) and "dev_f1" in json.dumps(
@@ -221,4 +221,4 @@ def test_own_datasets_run_through_every_stage_and_rerun_alone(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["datasets"]["pairs"]["dev_fraction"] = 0.3
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert _ran(_run(["dvc", "repro"], repo)) == {"sources"} | of("pairs")
+    assert _ran(_run(["dvc", "repro"], repo)) == {"check", "sources"} | of("pairs")

@@ -24,12 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 
 from stages import paths
 from stages.errors import StageError
-from stages.data.hub import split_files
+from stages.data.hub import check_hub_id, split_files
 from stages.data.tasks import Task, metrics_for, paper_defaults
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".parquet": None}
 SPLITS = ("train", "dev", "test")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+INTEGRAL = re.compile(r"^([+-]?\d+)\.0*$")  # 1.0, 2., -3.00: an integer written as a float
 
 
 class DatasetSpec(BaseModel):
@@ -71,6 +72,13 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"unknown encoding {encoding!r}") from None
         return encoding
 
+    @field_validator("hub")
+    @classmethod
+    def _hub(cls, hub: Optional[str]) -> Optional[str]:
+        if hub is not None:
+            check_hub_id(hub)
+        return hub
+
     @model_validator(mode="after")
     def _source(self) -> "DatasetSpec":
         if (self.train is None) == (self.hub is None):
@@ -102,6 +110,8 @@ def label_text(value) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
+    if match := INTEGRAL.match(text):  # a CSV stores 1.0 as the text "1.0": the same class as 1
+        text = str(int(match.group(1)))
     return text or None
 
 
@@ -121,6 +131,11 @@ def check_local_path(name: str, split: str, file: str) -> Path:
                          "so that the pipeline reruns when they change")
     if not path.is_file():
         raise StageError(f"datasets.{name}.{split}: file {file} not found")
+    # the text of the path is inside; a symlink (of the file or of a folder on the way) may still lead out
+    target, root = path.resolve(), paths.EXTERNAL.resolve()
+    if not target.is_relative_to(root):
+        raise StageError(f"datasets.{name}.{split}: {file} resolves to {target}, outside {paths.EXTERNAL}/; "
+                         "copy the file there instead of linking to it")
     return path
 
 
@@ -186,6 +201,13 @@ def clean_split(df: pd.DataFrame, where: str, name: str, spec: DatasetSpec, spli
     labels = df[spec.label].map(label_text) if spec.label in df.columns else pd.Series(None, index=df.index, dtype=object)
     out = pd.DataFrame({"text_a": texts[0], "text_b": texts[1] if len(texts) == 2 else None,
                         "label": labels, "idx": df.index.astype("int64")}, index=df.index)[~empty]
+    if out.empty:
+        if df.empty:
+            raise StageError(f"{where}: no rows (a header and no data)" if len(df.columns) else f"{where}: no rows")
+        blank = [c for c, column in zip(spec.text, texts) if (column.str.strip() == "").all()]
+        raise StageError(f"{where}: all {len(df)} row(s) were dropped for an empty text "
+                         f"(column(s) {blank} empty in every row)" if blank else
+                         f"{where}: all {len(df)} row(s) were dropped for an empty text in one of {spec.text}")
     if split != "test" and out["label"].isna().any():
         row = out.index[out["label"].isna()][0]
         raise StageError(f"{where}, row {row}, column {spec.label!r}: empty label "
@@ -244,13 +266,19 @@ def to_ids(df: pd.DataFrame, names: list[str], name: str, column: str, split: st
                          f"datasets.{name}.labels {names} ({int(bad.sum())} row(s))")
     out = df.assign(label=ids.fillna(-1).astype("int64"))
     out.attrs = dict(df.attrs)
-    if split != "test":
-        counts = out["label"].value_counts()
-        absent = [n for i, n in enumerate(names) if i not in counts.index]
-        if absent:
-            raise StageError(f"{where}: class(es) {absent} have no examples in the {split} split of dataset {name}; "
-                             "every class needs examples in train and dev")
+    check_classes(out, names, name, split)
     return out
+
+
+def check_classes(df: pd.DataFrame, names: list[str], name: str, split: str, why: str = "") -> None:
+    """Every class has examples in train and dev (class ids in df["label"])."""
+    if split == "test":
+        return
+    counts = df["label"].value_counts()
+    absent = [n for i, n in enumerate(names) if i not in counts.index]
+    if absent:
+        raise StageError(f"{df.attrs.get('source', split)}: class(es) {absent} have no examples in the {split} split "
+                         f"of dataset {name}{why}; every class needs examples in train and dev")
 
 
 def task_for(name: str, spec: DatasetSpec, names: list[str], has_test: bool) -> Task:

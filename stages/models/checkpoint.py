@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from stages.data.io import remove_other_keys
+from stages.data.locks import RunLock
 
 STATE_FILE = "epoch.pt"
 
@@ -28,6 +29,7 @@ class EpochCheckpoint:
 
     def __init__(self, root: Path, name: str, key: str):
         self.dir = Path(root) / f"{name}-{key}"
+        self.lock = RunLock(root, name, f"the {name} run")  # before touching any cache; held while training
         remove_other_keys(root, name, keep=self.dir)
 
     @property
@@ -65,3 +67,4 @@ class EpochCheckpoint:
 
     def finish(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.lock.release()

@@ -28,6 +28,29 @@ def length_groups(lengths_a: np.ndarray, lengths_b: np.ndarray | None, batch_siz
             for chunk in np.split(group, range(batch_size, len(group), batch_size))]
 
 
+# what predict reads from an export's config.json, and the type of each
+CONFIG_KEYS = {"task": str, "label_names": list, "num_labels": int, "pair": bool, "max_length": int}
+
+
+def read_config(path: Path) -> dict:
+    """An export's config.json, checked: a corrupt or hand-edited file is a StageError naming it."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StageError(f"{path} is not readable JSON ({e}); rerun the export stage") from None
+    if not isinstance(config, dict):
+        raise StageError(f"{path} holds a {type(config).__name__}, not an object; rerun the export stage")
+    bad = [key for key, kind in CONFIG_KEYS.items()
+           if not isinstance(config.get(key), kind) or (kind is int and isinstance(config.get(key), bool))]
+    if not bad and (len(config["label_names"]) != config["num_labels"] or config["num_labels"] < 2
+                    or not all(isinstance(n, str) for n in config["label_names"]) or config["max_length"] < 1):
+        bad = ["label_names", "num_labels", "max_length"]
+    if bad:
+        raise StageError(f"{path} has missing or malformed key(s) {bad} (expected {', '.join(CONFIG_KEYS)}); "
+                         "rerun the export stage")
+    return config
+
+
 class OnnxStudent:
     """Raw texts in, logits or class probabilities out, through onnxruntime."""
 
@@ -42,7 +65,7 @@ class OnnxStudent:
         if missing:
             raise StageError(f"{model_dir} is not an exported student (missing {', '.join(missing)}); "
                              "run the export stage first")
-        self.config = json.loads((model_dir / CONFIG_FILE).read_text())
+        self.config = read_config(model_dir / CONFIG_FILE)
         self.vocab = Vocab.load(model_dir / TOKENIZER_FILE)
         options = ort.SessionOptions()
         if threads:
