@@ -6,8 +6,8 @@ Writes a txt file of --lines generated sentences (seeded; about 60 bytes a line,
 empty), then in a fresh subprocess per step reports the peak RSS (resource.getrusage ru_maxrss) of:
   imports:  the Python process with pyarrow and the stage modules imported, nothing read;
   read:     stages.data.unlabeled.read_unlabeled, the streaming reader (the texts kept as one Arrow column);
-  augment:  read + the dedup keys and first occurrences (stages/data/dedup.py) + the filtered table, what the
-            augment stage holds for unlabeled text before it samples rows into the transfer set.
+  augment:  read + the dedup keys and first occurrences (stages/data/dedup.py) + 20,000 rows taken, what the
+            augment stage holds for unlabeled text (it takes only the rows that go into the transfer set).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ if step != "imports":
     out.update(rows=table.num_rows, empty=empty, arrow_bytes=table.nbytes)
     if step == "augment":
         keys = row_keys(table["text_a"])
-        keep = first_occurrences(keys)
-        table = table.filter(pa.array(keep))
-        out.update(unique=table.num_rows)
+        keep = np.flatnonzero(first_occurrences(keys))  # augment keeps positions, and takes only the rows it samples
+        sample = table.take(pa.array(np.sort(np.random.default_rng(0).choice(keep, 20000, replace=False))))
+        out.update(unique=len(keep), sampled=sample.num_rows)
 out["seconds"] = round(time.perf_counter() - start, 1)
 out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 print(json.dumps(out))

@@ -150,16 +150,18 @@ def augment(task: Task, raw_dir: Path, out_path: Path, *, p_mask: float = 0.1, p
         first = first_occurrences(unl_keys, [orig_keys])
         unl_stats.update(rows_read=table.num_rows + empty, empty_skipped=empty,
                          duplicates_dropped=int((~first).sum()))
-        unl_table, unl_keys = table.filter(pa.array(first)), unl_keys[first]  # kept as Arrow strings, not Python's
-        del table
+        # the texts stay one Arrow column (never Python strings, never copied); rows are picked by position
+        unl_table, unl_at_table, unl_keys = table, np.flatnonzero(first), unl_keys[first]
     else:
-        unl_table, unl_keys = None, np.empty(0, np.uint64)
+        unl_table, unl_at_table, unl_keys = None, np.empty(0, np.int64), np.empty(0, np.uint64)
     n_unl = len(unl_keys)
 
     # The examples perturbed: the originals, then (augment_unlabeled) the unlabeled rows.
     if augment_unlabeled and n_unl:
-        bases = [col + unl_table[c].to_pylist() for col, c in zip(texts, columns)]
-        base_ids = idx + [-r for r in unl_table["row"].to_pylist()]
+        chosen = unl_table.take(pa.array(unl_at_table))
+        bases = [col + chosen[c].to_pylist() for col, c in zip(texts, columns)]
+        base_ids = idx + [-r for r in chosen["row"].to_pylist()]
+        del chosen
     else:
         bases, base_ids = texts, idx
     need_tags = p_pos > 0
@@ -226,7 +228,7 @@ def augment(task: Task, raw_dir: Path, out_path: Path, *, p_mask: float = 0.1, p
         schema=TRANSFER_SCHEMA,
     )]
     if len(keep_unl):
-        kept = unl_table.take(pa.array(keep_unl))
+        kept = unl_table.take(pa.array(unl_at_table[keep_unl]))
         n = kept.num_rows
         parts.append(pa.table({"text_a": kept["text_a"], "text_b": kept["text_b"] if task.is_pair else pa.nulls(n, pa.string()),
                                "is_original": np.zeros(n, bool),

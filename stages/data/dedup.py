@@ -20,26 +20,22 @@ _NOT_ALNUM = r"[^\p{L}\p{N}]+"
 _SEPARATOR = "\x1f"
 
 
-def _normal(texts) -> pa.Array:
-    array = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(list(texts), pa.string())
+def _normal(array):
     return pc.replace_substring_regex(pc.utf8_lower(array), pattern=_NOT_ALNUM, replacement="")
 
 
-def row_keys(text_a, text_b=None) -> np.ndarray:
-    """One uint64 key per row (text_a alone, or the pair); equal normalised texts give equal keys."""
-    normal = _normal(text_a)
-    if text_b is not None:
-        normal = pc.binary_join_element_wise(normal, _normal(text_b), _SEPARATOR)
-    if isinstance(normal, pa.ChunkedArray):
-        chunks = normal.chunks
-    else:
-        chunks = [normal]
-    out = np.empty(len(normal), dtype=np.uint64)
-    i = 0
-    for chunk in chunks:
-        for value in chunk.to_pylist():
+def row_keys(text_a, text_b=None, slice_rows: int = 65536) -> np.ndarray:
+    """One uint64 key per row (text_a alone, or the pair); equal normalised texts give equal keys.
+    Works slice by slice, so the normalised copies of millions of texts never exist all at once."""
+    columns = [c if isinstance(c, (pa.Array, pa.ChunkedArray)) else pa.array(list(c), pa.string())
+               for c in ([text_a] if text_b is None else [text_a, text_b])]
+    n = len(columns[0])
+    out = np.empty(n, dtype=np.uint64)
+    for start in range(0, n, slice_rows):
+        parts = [_normal(c.slice(start, slice_rows)) for c in columns]
+        normal = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, _SEPARATOR)
+        for i, value in enumerate(normal.to_pylist(), start):
             out[i] = int.from_bytes(hashlib.blake2b((value or "").encode(), digest_size=8).digest(), "little")
-            i += 1
     return out
 
 
