@@ -38,6 +38,8 @@ def main(task: str = typer.Option("rt", help="Task whose transfer set and teache
          batch_size: int = typer.Option(0, help="Batch size; 0 = label.batch_size from params.yaml."),
          precisions: str = typer.Option("", help="Comma-separated label precisions to compare, e.g. fp32,bf16,int8."),
          skip_stage: bool = typer.Option(False, help="Leave out the timing of the whole label stage."),
+         repeats: int = typer.Option(1, help="Time the precisions this many rounds, interleaved (fp32, int8, fp32, "
+                                              "int8, ...), and report the median: fairer on a shared machine."),
          params: Path = typer.Option(Path("params.yaml"))) -> None:
     p = load_params(params)
     t = get_task(task)
@@ -79,31 +81,36 @@ def main(task: str = typer.Option("rt", help="Task whose transfer set and teache
     }
     if precisions:
         result["precisions"] = compare_precisions(model, batches, sample.num_rows, device,
-                                                  [s.strip() for s in precisions.split(",") if s.strip()])
+                                                  [s.strip() for s in precisions.split(",") if s.strip()], repeats)
     print(json.dumps(result, indent=2))
 
 
-def compare_precisions(model, batches, n_rows: int, device, precisions: list[str]) -> dict:
-    """Forward rows/s of each precision on the same batches, and |logit difference| against fp32."""
+def compare_precisions(model, batches, n_rows: int, device, precisions: list[str], repeats: int = 1) -> dict:
+    """Forward rows/s of each precision on the same batches (median over interleaved rounds), and |logit
+    difference| against fp32."""
     import copy
 
-    out, reference = {}, None
-    for precision in ["fp32", *[p for p in precisions if p != "fp32"]]:
-        runner = with_precision(copy.deepcopy(model), precision, device)
+    order = ["fp32", *[p for p in precisions if p != "fp32"]]
+    runners = {p: with_precision(copy.deepcopy(model), p, device) for p in order}
+    for runner in runners.values():
         batch_logits(runner, batches[:1], n_rows, device)  # warm-up
-        start = time.perf_counter()
-        logits = batch_logits(runner, batches, n_rows, device)
-        seconds = time.perf_counter() - start
-        if reference is None:
-            reference = logits
-        diff = np.abs(logits - reference)
-        out[precision] = {"rows_per_s": round(n_rows / seconds, 1), "seconds": round(seconds, 2),
-                          "speedup_vs_fp32": round(out["fp32"]["seconds"] / seconds, 3) if out else 1.0,
+    seconds, logits = {p: [] for p in order}, {}
+    for _ in range(repeats):
+        for precision in order:
+            start = time.perf_counter()
+            logits[precision] = batch_logits(runners[precision], batches, n_rows, device)
+            seconds[precision].append(time.perf_counter() - start)
+    out, reference = {}, logits["fp32"]
+    fp32_seconds = float(np.median(seconds["fp32"]))
+    for precision in order:
+        diff = np.abs(logits[precision] - reference)
+        median = float(np.median(seconds[precision]))
+        out[precision] = {"rows_per_s": round(n_rows / median, 1), "seconds_per_round": [round(x, 2) for x in seconds[precision]],
+                          "speedup_vs_fp32": round(fp32_seconds / median, 3),
+                          "speedup_per_round": [round(f / x, 3) for f, x in zip(seconds["fp32"], seconds[precision])],
                           "max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
-                          "argmax_agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
-        del runner
+                          "argmax_agreement": float((logits[precision].argmax(1) == reference.argmax(1)).mean())}
     return out
-
 
 if __name__ == "__main__":
     typer.run(main)
