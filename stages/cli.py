@@ -57,7 +57,7 @@ def sources(params: Path = ParamsOption) -> None:
     from stages.sources import write_sources
 
     p = load_params(params)
-    described = write_sources(p.tasks, p.datasets, paths.sources_dir(), hub_dir=p.data.hub_dir)
+    described = write_sources(p.tasks, p.datasets, paths.sources_dir(), hub_dir=p.data.hub_dir, unlabeled=p.unlabeled)
     for name, info in described.items():
         task = info["task"]
         typer.echo(f"{name}: {info['source']}, text {task['text_columns']}, labels {task['label_names']}")
@@ -76,7 +76,7 @@ def download(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
     t = get_task(task)
     p = load_params(params)
-    from stages.data.dedup import conflict_message
+    from stages.data.leakage import conflict_message
 
     result = run_download(
         t, paths.raw_dir(t.name), glue_dir=p.data.glue_dir, glue_revision=p.data.glue_revision,
@@ -123,6 +123,7 @@ def augment(task: str = TaskOption, params: Path = ParamsOption) -> None:
     dropped, originals kept and marked; pairs cycle through first / second / both texts.
     """
     from stages.augment import augment as run_augment
+    from stages.data.unlabeled import recorded_spec
 
     t = get_task(task)
     p = load_params(params)
@@ -131,7 +132,9 @@ def augment(task: str = TaskOption, params: Path = ParamsOption) -> None:
                           p_ng=a.p_ng, ngram_min=a.ngram_min, ngram_max=a.ngram_max, n_iter=a.n_iter,
                           max_examples=a.max_examples, pos_model=t.pos_model or a.pos_model,
                           pos_batch_size=a.pos_batch_size,
-                          seed=p.seed)
+                          seed=p.seed, unlabeled=recorded_spec(paths.unlabeled_source_file(t.name)),
+                          hub_dir=p.data.hub_dir, augment_unlabeled=a.augment_unlabeled,
+                          unlabeled_share=a.unlabeled_share)
     write_json({"task": t.name, **summary}, paths.metrics_dir(t.name) / "augment.json")
     typer.echo(f"augment {t.name}: {summary}")
 
@@ -150,7 +153,7 @@ def label(task: str = TaskOption, params: Path = ParamsOption) -> None:
     p = load_params(params)
     summary = run_label(t, paths.transfer_file(t.name), paths.model_dir("teacher", t.name), paths.labeled_file(t.name),
                         device=resolve_device(p.device), batch_size=p.label.batch_size,
-                        shard_rows=p.label.shard_rows, max_length=p.teacher.max_length)
+                        shard_rows=p.label.shard_rows, max_length=p.teacher.max_length, precision=p.label.precision)
     write_json({"task": t.name, **summary}, paths.metrics_dir(t.name) / "label.json")
     typer.echo(f"label {t.name}: {summary}")
 

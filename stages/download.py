@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.data import datasets, dedup
+from stages.data import datasets, leakage
 from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA, atomic_path, check_columns, read_parquet
 from stages.data.tasks import Task
@@ -85,7 +85,7 @@ def load_glue(task: Task, glue_dir: str | None, revision: str, **_) -> tuple[dic
     counts are reported, nothing is dropped."""
     splits = {"train": task.train_split, **task.eval_splits, **task.test_splits}
     frames = {ours: _glue_split(task, theirs, glue_dir, revision) for ours, theirs in splits.items()}
-    return dedup.deduplicate(frames, split_priority(task), task.label_names, apply=False)
+    return leakage.deduplicate(frames, split_priority(task), task.label_names, apply=False)
 
 
 def fetch_rt_csv() -> bytes:
@@ -118,7 +118,7 @@ def clean_rt_counted(csv: pd.DataFrame, label_names: tuple[str, ...]) -> tuple[p
     df = df[df["text"] != ""]
     label = df["category"].map({name: i for i, name in enumerate(label_names)})
     pool = pd.DataFrame({"text_a": df["text"], "text_b": None, "label": label, "idx": df["idx"]})
-    frames, report = dedup.deduplicate({"train": pool}, ["train"], label_names)
+    frames, report = leakage.deduplicate({"train": pool}, ["train"], label_names)
     return frames["train"], report
 
 
@@ -165,7 +165,7 @@ def load_user(task: Task, split_seed: int, source: Path | None, hub_dir: str | N
     for split, (df, dropped) in datasets.load(task, spec, hub_dir).items():
         df.attrs["dropped_empty_text"] = dropped
         frames[split] = df
-    frames, report = dedup.deduplicate(frames, split_priority(task), task.label_names)
+    frames, report = leakage.deduplicate(frames, split_priority(task), task.label_names)
     for split, df in frames.items():
         datasets.check_classes(df, list(task.label_names), task.name, split, " after the leakage rule")
     if "dev" not in frames:
@@ -216,7 +216,7 @@ def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_rev
     frames, leakage = SOURCES[task.source](task, glue_dir=glue_dir, revision=glue_revision, split_seed=split_seed,
                                            rt_dev_fraction=rt_dev_fraction, rt_test_fraction=rt_test_fraction,
                                            source=source, hub_dir=hub_dir)
-    leakage["overlap_after_rule"] = dedup.remaining_overlaps(frames, split_priority(task))
+    leakage["overlap_after_rule"] = leakage.remaining_overlaps(frames, split_priority(task))
     if leakage["applied"] and any(leakage["overlap_after_rule"].values()):  # the rule's own guarantee
         raise StageError(f"{task.name}: splits still share texts after the leakage rule: {leakage['overlap_after_rule']}")
     tables = {split: validate_split(df, task, split) for split, df in frames.items()}

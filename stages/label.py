@@ -21,14 +21,15 @@ from stages.errors import StageError
 from stages.data.locks import RunLock
 from stages.data.io import LABELED_SCHEMA, TRANSFER_SCHEMA, input_key, read_parquet, remove_other_keys, write_parquet
 from stages.data.tasks import Task
+from stages.models.precision import with_precision
 from stages.models.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
                                   load_for_classification)
 
 
-def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int) -> str:
-    """Hash of everything that decides the logits: the transfer file, the teacher's files, max_length."""
+def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int, precision: str = "fp32") -> str:
+    """Hash of everything that decides the logits: the transfer file, the teacher's files, max_length, precision."""
     teacher_files = sorted(p for p in Path(teacher_dir).rglob("*") if p.is_file())
-    return input_key([transfer_path, *teacher_files], {"max_length": max_length})
+    return input_key([transfer_path, *teacher_files], {"max_length": max_length, "precision": precision})
 
 
 def load_teacher(teacher_dir: Path, device: torch.device):
@@ -40,7 +41,7 @@ def load_teacher(teacher_dir: Path, device: torch.device):
 
 def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *, device: torch.device,
           batch_size: int = 256, shard_rows: int = 16384, max_length: int = 128,
-          cache_root: Path = Path("data/cache/label")) -> dict:
+          cache_root: Path = Path("data/cache/label"), precision: str = "fp32") -> dict:
     """Write out_path = the transfer set + `logits` (float32 list) + `teacher_label`; return timings."""
     lock = RunLock(cache_root, task.name, f"label {task.name}")  # one run per task shares the cache; held to return
     transfer = read_parquet(transfer_path, TRANSFER_SCHEMA, hint="run the augment stage first")
@@ -49,8 +50,9 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
     tokenizer, model = load_teacher(teacher_dir, device)
     if model.config.num_labels != task.num_labels:
         raise StageError(f"teacher in {teacher_dir} has {model.config.num_labels} labels, task {task.name} has {task.num_labels}")
+    model = with_precision(model, precision, device)  # label.precision: fp32 | bf16 | int8
 
-    key = labeling_key(transfer_path, teacher_dir, max_length)
+    key = labeling_key(transfer_path, teacher_dir, max_length, precision)
     cache = Path(cache_root) / f"{task.name}-{key}"
     remove_other_keys(cache_root, task.name, keep=cache)  # shards of other inputs can never be reused
     cache.mkdir(parents=True, exist_ok=True)
@@ -95,6 +97,7 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
         "rows_per_second": round(labeled / seconds, 1) if labeled else None,
         "batch_size": batch_size,
         "device": str(device),
+        "precision": precision,
         # how often the teacher agrees with the gold label on the original training rows
         "teacher_train_accuracy": round(float((argmax[originals] == np.asarray(transfer["label"])[originals]).mean()), 6)
         if originals.any() else None,

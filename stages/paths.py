@@ -18,6 +18,11 @@ def source_file(task: str) -> Path:
     return sources_dir() / f"{task}.json"
 
 
+def unlabeled_source_file(task: str) -> Path:
+    """The task's `unlabeled:` entry and its files' sha256 (empty without one): what its augment stage reads."""
+    return sources_dir() / f"{task}.unlabeled.json"
+
+
 def raw_dir(task: str) -> Path:
     return DATA / "raw" / task
 

@@ -13,14 +13,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages.data import datasets
+from stages.data import datasets, unlabeled as unlabeled_text
 from stages.data.io import atomic_path
 from stages.data.tasks import TASKS
 
 
 def write_sources(tasks: list[str], declared: dict[str, datasets.DatasetSpec], out_dir: Path, *,
-                  hub_dir: str | None = None) -> dict[str, dict]:
-    """Describe each task (reading and checking declared datasets' files) and write out_dir/<task>.json."""
+                  hub_dir: str | None = None,
+                  unlabeled: dict[str, unlabeled_text.UnlabeledSpec] | None = None) -> dict[str, dict]:
+    """Describe each task (reading and checking declared datasets' files) and write out_dir/<task>.json, and
+    out_dir/<task>.unlabeled.json: its `unlabeled:` entry with its files' sha256 (what its augment depends on)."""
+    unlabeled = unlabeled or {}
+    extra = {name: unlabeled_text.describe(name, unlabeled.get(name), hub_dir) for name in tasks}
     described = {}
     for name in tqdm(tasks, desc="sources", unit="task", disable=len(tasks) < 2):
         if name in TASKS:
@@ -30,4 +34,5 @@ def write_sources(tasks: list[str], declared: dict[str, datasets.DatasetSpec], o
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
         for name, description in described.items():
             (tmp / f"{name}.json").write_text(json.dumps(description, indent=2) + "\n")
+            (tmp / f"{name}.unlabeled.json").write_text(json.dumps(extra[name], indent=2) + "\n")
     return described

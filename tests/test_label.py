@@ -36,7 +36,8 @@ def write_transfer(path, n=40, pair=False):
     text_a = [" ".join(rng.choice(words, rng.integers(1, 12))) for _ in range(n)]
     text_b = [" ".join(rng.choice(words, rng.integers(1, 6))) for _ in range(n)] if pair else [None] * n
     table = pa.table({"text_a": text_a, "text_b": text_b, "is_original": [i < 10 for i in range(n)],
-                      "label": [i % 2 if i < 10 else -1 for i in range(n)], "source_idx": list(range(n))},
+                      "label": [i % 2 if i < 10 else -1 for i in range(n)], "source_idx": list(range(n)),
+                      "source": ["original" if i < 10 else "augmented" if i < 30 else "unlabeled" for i in range(n)]},
                      schema=TRANSFER_SCHEMA)
     pq.write_table(table, path)
     return table
@@ -126,6 +127,6 @@ def test_bad_inputs(tmp_path, teacher_dirs):
     with pytest.raises(StageError, match="3 labels, task sst2 has 2"):
         label(task, tmp_path / "transfer.parquet", teacher_dirs[3], tmp_path / "o.parquet", device=CPU)
     pq.write_table(pa.table({"text_a": ["x"], "label": [0]}), tmp_path / "cols.parquet")
-    with pytest.raises(StageError, match=r"cols.parquet: missing column\(s\) \['text_b', 'is_original', 'source_idx'\]"):
+    with pytest.raises(StageError, match=r"cols.parquet: missing column\(s\) \['text_b', 'is_original', 'source_idx', 'source'\]"):
         label(task, tmp_path / "cols.parquet", teacher_dirs[2], tmp_path / "o.parquet", device=CPU)
     assert not (tmp_path / "o.parquet").exists()

@@ -1,4 +1,4 @@
-"""The leakage rule (stages/data/dedup.py) on declared datasets and built-in tasks, and the dataset messages
+"""The leakage rule (stages/data/leakage.py) on declared datasets and built-in tasks, and the dataset messages
 that used to mislead (docs/reliability.md)."""
 
 import json

@@ -195,7 +195,12 @@ def test_own_datasets_run_through_every_stage_and_rerun_alone(tmp_path):
     datasets = {"reviews": {"train": "data/external/reviews/train.csv", "text": ["review"], "label": "stars"},
                 "pairs": {"train": "data/external/pairs/train.jsonl", "text": ["a", "b"], "label": "same",
                           "dev_fraction": 0.25}}
+    # unlabeled pairs for the pair task's transfer set (docs/unlabeled-text.md); one equals a dev pair or not
+    (external / "pairs/more.tsv").write_text("x\ty\n" + "".join(f"third sentence {i} .\tfourth sentence {i} ?\n"
+                                                                  for i in range(6)))
+    unlabeled = {"pairs": {"files": ["data/external/pairs/more.tsv"], "text": ["x", "y"]}}
     write_params(repo / "params.yaml", **{**TINY, "tasks": ["reviews", "pairs"], "seeds": [1], "datasets": datasets,
+                                          "unlabeled": unlabeled,
                                           "evaluate": {**TINY["evaluate"], "reference_architectures": []}})
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "init", "-q"], repo)
@@ -213,6 +218,15 @@ def test_own_datasets_run_through_every_stage_and_rerun_alone(tmp_path):
     assert "student.dev_f1" not in json.dumps(summary) and "dev_f1" in json.dumps(
         json.loads((repo / "metrics/pairs/summary.json").read_text()))
     assert _ran(_run(["dvc", "repro"], repo)) == set()
+    transfer = json.loads((repo / "metrics/pairs/augment.json").read_text())
+    assert transfer["sources"]["unlabeled"] == 6 and transfer["unlabeled_input"]["rows_read"] == 6
+
+    # changing only the unlabeled text reruns the transfer set and what follows, never download or teacher
+    with open(external / "pairs/more.tsv", "a") as f:
+        f.write("a fifth sentence .\ta sixth sentence ?\n")
+    assert _ran(_run(["dvc", "repro"], repo)) == {"sources"} | of("pairs") - {"download@pairs", "teacher@pairs",
+                                                                              "baseline@pairs-1"}
+    assert json.loads((repo / "metrics/pairs/augment.json").read_text())["sources"]["unlabeled"] == 7
 
     with open(external / "reviews/train.csv", "a") as f:
         f.write("a brand new good movie,3\n")

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stages.data import datasets
-from stages.data.dedup import deduplicate
+from stages.data.leakage import deduplicate
 from stages.errors import StageError
 from stages.models.vocab import PAD_ID, Vocab
 from stages.predict import read_arguments, read_lines

@@ -440,6 +440,7 @@ def write_labeled(path: Path, n_orig: int = 150, n_aug: int = 150, logits_len: i
         "is_original": [True] * n_orig + [False] * n_aug,
         "label": orig["label"] + [-1] * n_aug,  # augmented rows have only the teacher's logits
         "source_idx": list(range(n_orig)) + [i % n_orig for i in range(n_aug)],
+        "source": ["original"] * n_orig + ["augmented"] * n_aug,
         "logits": pa.array([[3.0, -3.0][:logits_len] if y == 0 else [-3.0, 3.0][:logits_len] for y in teacher_label],
                            pa.list_(pa.float32())),
         "teacher_label": teacher_label,

@@ -30,14 +30,17 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 
-# data/transfer/<task>.parquet: the original training examples, then their augmented variants.
+# data/transfer/<task>.parquet: the original training examples, their augmented variants, then unlabeled text.
 TRANSFER_SCHEMA = pa.schema(
     [
         pa.field("text_a", pa.string(), nullable=False),
         pa.field("text_b", pa.string()),
         pa.field("is_original", pa.bool_(), nullable=False),
-        pa.field("label", pa.int64(), nullable=False),  # the hard label of originals, -1 for augmented rows
-        pa.field("source_idx", pa.int64(), nullable=False),  # raw `idx` of the example it came from
+        pa.field("label", pa.int64(), nullable=False),  # the hard label of originals, -1 for the other rows
+        # raw `idx` of the example it came from; unlabeled rows: their 1-based position in the `unlabeled:` files
+        # (an augmented variant of one: minus that position)
+        pa.field("source_idx", pa.int64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # original | augmented | unlabeled
     ]
 )
 
