@@ -130,9 +130,15 @@ def label(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
     t = get_task(task)
     p = load_params(params)
+    ray = None
+    if p.label.engine == "ray":  # Ray Data actor pool (stages/ray_labeling.py); never imported otherwise
+        from stages.ray_labeling import RaySettings
+
+        ray = RaySettings(address=p.label.ray_address, workers=p.label.ray_workers,
+                          cpus_per_worker=p.label.ray_cpus_per_worker, gpus_per_worker=p.label.ray_gpus_per_worker)
     summary = run_label(t, paths.transfer_file(t.name), paths.model_dir("teacher", t.name), paths.labeled_file(t.name),
                         device=resolve_device(p.device), batch_size=p.label.batch_size,
-                        shard_rows=p.label.shard_rows, max_length=p.teacher.max_length)
+                        shard_rows=p.label.shard_rows, max_length=p.teacher.max_length, ray=ray)
     write_json({"task": t.name, **summary}, paths.metrics_dir(t.name) / "label.json")
     typer.echo(f"label {t.name}: {summary}")
 

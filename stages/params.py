@@ -38,6 +38,8 @@ class TeacherParams(Section):
     weight_decay: float = Field(0.01, ge=0)
     evals_per_epoch: int = Field(2, ge=1)
     max_train_examples: Optional[int] = Field(None, ge=1)
+    # > 1: the stage relaunches itself under torch.distributed.run, data-parallel (gloo on CPU, nccl on CUDA)
+    processes: int = Field(1, ge=1)
 
 
 class AugmentParams(Section):
@@ -55,6 +57,11 @@ class AugmentParams(Section):
 class LabelParams(Section):
     batch_size: int = Field(256, ge=1)
     shard_rows: int = Field(16384, ge=1)
+    engine: Literal["local", "ray"] = "local"  # ray: stages/ray_labeling.py (Ray Data, an actor pool)
+    ray_address: Optional[str] = None  # None = start a local Ray; "auto" = the running cluster; or ray://host:port
+    ray_workers: int = Field(1, ge=1)  # actors, each holding one copy of the teacher
+    ray_cpus_per_worker: Optional[float] = Field(None, gt=0)  # None = fit the node, leaving CPU for read/write tasks
+    ray_gpus_per_worker: float = Field(0, ge=0)  # fractional shares a GPU between actors
 
 
 class StudentParams(Section):
