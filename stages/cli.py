@@ -6,6 +6,7 @@ function with typed values, and writes exactly the outputs dvc.yaml declares.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +89,12 @@ def teacher(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
     t = get_task(task)
     p = load_params(params)
+    if p.teacher.processes > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: relaunch as N ranks
+        from stages.teacher import launch_data_parallel
+
+        launch_data_parallel(p.teacher.processes, resolve_device(p.device), ["--task", t.name, "--params", str(params)],
+                             p.teacher.batch_size)
+        return
     metrics = train_teacher(t, paths.raw_dir(t.name), paths.model_dir("teacher", t.name), params=p.teacher,
                             device=resolve_device(p.device), seed=p.seed,
                             live_dir=paths.metrics_dir(t.name) / "teacher_live")
