@@ -47,7 +47,7 @@ def sources(params: Path = ParamsOption) -> None:
     from stages.sources import write_sources
 
     p = load_params(params)
-    described = write_sources(p.tasks, p.datasets, paths.sources_dir(), hub_dir=p.data.hub_dir)
+    described = write_sources(p.tasks, p.datasets, paths.sources_dir(), hub_dir=paths.outside_dir(p.data.hub_dir))
     for name, info in described.items():
         task = info["task"]
         typer.echo(f"{name}: {info['source']}, text {task['text_columns']}, labels {task['label_names']}")
@@ -67,9 +67,9 @@ def download(task: str = TaskOption, params: Path = ParamsOption) -> None:
     t = get_task(task)
     p = load_params(params)
     summary = run_download(
-        t, paths.raw_dir(t.name), glue_dir=p.data.glue_dir, glue_revision=p.data.glue_revision,
+        t, paths.raw_dir(t.name), glue_dir=paths.outside_dir(p.data.glue_dir), glue_revision=p.data.glue_revision,
         split_seed=p.data.split_seed, rt_dev_fraction=p.data.rt_dev_fraction,
-        rt_test_fraction=p.data.rt_test_fraction, hub_dir=p.data.hub_dir, source=paths.source_file(t.name),
+        rt_test_fraction=p.data.rt_test_fraction, hub_dir=paths.outside_dir(p.data.hub_dir), source=paths.source_file(t.name),
     )
     write_json({"task": t.name, "splits": summary}, paths.metrics_dir(t.name) / "data.json")
     for split, info in summary.items():

@@ -187,9 +187,11 @@ def test_s3_remote_fresh_clone_and_queued_sweep(tmp_path, s3_server, monkeypatch
     _run(["dvc", "init", "-q"], repo)
     _run(["dvc", "remote", "add", "-d", "team", "s3://team/store"], repo)
     _run(["dvc", "remote", "modify", "team", "endpointurl", s3_server], repo)
-    _run(["dvc", "repro"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "tiny"], repo)
+    _run(["dvc", "repro"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "results"], repo)
     _run(["dvc", "push"], repo)
 
     _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
@@ -218,3 +220,15 @@ def test_s3_remote_fresh_clone_and_queued_sweep(tmp_path, s3_server, monkeypatch
     for row in shown:
         if row["typ"] == "branch_commit":
             assert float(row["student.dev_accuracy"]) >= 0  # each queued experiment produced its summary
+
+
+def test_a_relative_glue_dir_resolves_from_the_project_root_in_a_queued_experiment(tmp_path, monkeypatch):
+    from stages.paths import outside_dir
+
+    copy = tmp_path / "project/.dvc/tmp/exps/tmpab12cd"  # where DVC's queue runs an experiment's stages
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert Path(outside_dir("../shared/glue")) == tmp_path / "project/../shared/glue"
+    assert outside_dir("/data/glue") == "/data/glue" and outside_dir(None) is None
+    monkeypatch.chdir(tmp_path / "project")
+    assert outside_dir("../shared/glue") == "../shared/glue"  # the project itself: as written
