@@ -99,6 +99,18 @@ def _connect(address: Optional[str]) -> bool:
     return True
 
 
+def _stream(dataset) -> Iterator[pa.Table]:
+    """The dataset's batches in order; a failed actor or task becomes one StageError line."""
+    import ray
+
+    try:
+        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    except ray.exceptions.RayError as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise StageError(f"label.engine=ray: the Ray job failed ({type(e).__name__}: {first[:300]}); the shards "
+                         "finished before it are kept, a rerun labels only the rest") from None
+
+
 def ray_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: bool, batch_size: int,
                      max_length: int, settings: RaySettings, progress=None) -> Iterator[np.ndarray]:
     """Yield the logits of each table in `pending` (the shards still to label), in order, one array per shard."""
@@ -130,7 +142,7 @@ def ray_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: boo
             compute=ray.data.ActorPoolStrategy(size=settings.workers), num_cpus=cpus, num_gpus=settings.gpus_per_worker or None)
         sizes = iter(t.num_rows for t in pending)
         want, parts, have = next(sizes), [], 0
-        for batch in logits.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in _stream(logits):
             chunk = np.asarray(batch["logits"].combine_chunks().flatten()).reshape(batch.num_rows, -1)
             parts.append(chunk)
             have += len(chunk)
