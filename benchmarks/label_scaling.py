@@ -15,6 +15,7 @@ the actors and Ray's own daemons), sampled every 0.1 s. A GPU machine: pass --gp
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 import typer
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's `stages`, not another one installed in the environment
 
 
 def _one(engine: str, workers: int, task: str, rows: int, teacher: Path, transfer: Path, batch_size: int,
@@ -84,7 +86,8 @@ def _tree_rss(pid: int) -> int:
 
 def _measured(args: list[str]) -> tuple[dict, int]:
     """Run one configuration in a fresh process; its result and the peak RSS of its process tree."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     peak, done = 0, threading.Event()
 
     def sample():
@@ -118,7 +121,6 @@ def main(task: str = typer.Option("rt"), rows: int = typer.Option(6000, help="Tr
         print(json.dumps(_one(engine, int(n), *common)))
         return
     import numpy as np
-    import os
 
     base = ["--task", task, "--rows", str(rows), "--teacher", str(teacher), "--transfer", str(transfer),
             "--batch-size", str(batch_size), "--shard-rows", str(shard_rows), "--max-length", str(max_length),
