@@ -59,6 +59,7 @@ def test_default_label_run_never_imports_ray(tmp_path, teacher3):
     assert read_parquet(tmp_path / "out.parquet", LABELED_SCHEMA).num_rows == 12
 
 
+@pytest.mark.slow
 def test_ray_engine_equals_local_and_resumes_a_killed_run(tmp_path, teacher3, monkeypatch):
     """Same rows, same logits (max |diff| <= 1e-4), same schema and order; a run killed after its first shard
     is finished by the ray engine, which labels only the shards left."""
@@ -112,6 +113,7 @@ def test_ray_workers_size_leaves_cpu_for_read_and_write():
     assert cpus_per_worker(RaySettings(workers=1, cpus_per_worker=3.0), [2.0]) == 3.0  # as given
 
 
+@pytest.mark.slow
 def test_teacher_on_two_processes_trains_saves_one_model_and_scores_like_one(tmp_path):
     """teacher.processes=2 relaunches the stage under torch.distributed.run (gloo on CPU) with the same
     global batch. Tolerance: the two runs see the same examples in a different order, so they differ like
