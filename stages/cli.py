@@ -6,6 +6,7 @@ function with typed values, and writes exactly the outputs dvc.yaml declares.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def sources(params: Path = ParamsOption) -> None:
     from stages.sources import write_sources
 
     p = load_params(params)
-    described = write_sources(p.tasks, p.datasets, paths.sources_dir(), hub_dir=p.data.hub_dir, unlabeled=p.unlabeled)
+    described = write_sources(p.tasks, p.datasets, paths.sources_dir(), hub_dir=paths.outside_dir(p.data.hub_dir),
+                              unlabeled=p.unlabeled)
     for name, info in described.items():
         task = info["task"]
         typer.echo(f"{name}: {info['source']}, text {task['text_columns']}, labels {task['label_names']}")
@@ -79,9 +81,9 @@ def download(task: str = TaskOption, params: Path = ParamsOption) -> None:
     from stages.data.leakage import conflict_message
 
     result = run_download(
-        t, paths.raw_dir(t.name), glue_dir=p.data.glue_dir, glue_revision=p.data.glue_revision,
+        t, paths.raw_dir(t.name), glue_dir=paths.outside_dir(p.data.glue_dir), glue_revision=p.data.glue_revision,
         split_seed=p.data.split_seed, rt_dev_fraction=p.data.rt_dev_fraction,
-        rt_test_fraction=p.data.rt_test_fraction, hub_dir=p.data.hub_dir, source=paths.source_file(t.name),
+        rt_test_fraction=p.data.rt_test_fraction, hub_dir=paths.outside_dir(p.data.hub_dir), source=paths.source_file(t.name),
     )
     write_json({"task": t.name, **result}, paths.metrics_dir(t.name) / "data.json")
     for split, info in result["splits"].items():
@@ -106,6 +108,12 @@ def teacher(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
     t = get_task(task)
     p = load_params(params)
+    if p.teacher.processes > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: relaunch as N ranks
+        from stages.teacher import launch_data_parallel
+
+        launch_data_parallel(p.teacher.processes, resolve_device(p.device), ["--task", t.name, "--params", str(params)],
+                             p.teacher.batch_size)
+        return
     metrics = train_teacher(t, paths.raw_dir(t.name), paths.model_dir("teacher", t.name), params=p.teacher,
                             device=resolve_device(p.device), seed=p.seed,
                             live_dir=paths.metrics_dir(t.name) / "teacher_live")
@@ -133,7 +141,7 @@ def augment(task: str = TaskOption, params: Path = ParamsOption) -> None:
                           max_examples=a.max_examples, pos_model=t.pos_model or a.pos_model,
                           pos_batch_size=a.pos_batch_size,
                           seed=p.seed, unlabeled=recorded_spec(paths.unlabeled_source_file(t.name)),
-                          hub_dir=p.data.hub_dir, augment_unlabeled=a.augment_unlabeled,
+                          hub_dir=paths.outside_dir(p.data.hub_dir), augment_unlabeled=a.augment_unlabeled,
                           unlabeled_share=a.unlabeled_share)
     write_json({"task": t.name, **summary}, paths.metrics_dir(t.name) / "augment.json")
     typer.echo(f"augment {t.name}: {summary}")
@@ -151,9 +159,16 @@ def label(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
     t = get_task(task)
     p = load_params(params)
+    ray = None
+    if p.label.engine == "ray":  # Ray Data actor pool (stages/ray_labeling.py); never imported otherwise
+        from stages.ray_labeling import RaySettings
+
+        ray = RaySettings(address=p.label.ray_address, workers=p.label.ray_workers,
+                          cpus_per_worker=p.label.ray_cpus_per_worker, gpus_per_worker=p.label.ray_gpus_per_worker)
     summary = run_label(t, paths.transfer_file(t.name), paths.model_dir("teacher", t.name), paths.labeled_file(t.name),
                         device=resolve_device(p.device), batch_size=p.label.batch_size,
-                        shard_rows=p.label.shard_rows, max_length=p.teacher.max_length, precision=p.label.precision)
+                        shard_rows=p.label.shard_rows, max_length=p.teacher.max_length, precision=p.label.precision,
+                        ray=ray)
     write_json({"task": t.name, **summary}, paths.metrics_dir(t.name) / "label.json")
     typer.echo(f"label {t.name}: {summary}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,9 @@ from stages.models.precision import with_precision
 from stages.models.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
                                   load_for_classification)
 
+if TYPE_CHECKING:
+    from stages.ray_labeling import RaySettings
+
 
 def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int, precision: str = "fp32") -> str:
     """Hash of everything that decides the logits: the transfer file, the teacher's files, max_length, precision."""
@@ -39,18 +43,47 @@ def load_teacher(teacher_dir: Path, device: torch.device):
     return tokenizer, model.to(device).eval()
 
 
+def teacher_num_labels(teacher_dir: Path) -> int:
+    config = Path(teacher_dir) / "config.json"
+    if not config.exists():
+        raise StageError(f"no trained teacher in {teacher_dir}: run the teacher stage first")
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(teacher_dir).num_labels
+    except (OSError, ValueError) as e:
+        raise StageError(f"{config}: not a loadable model config ({str(e).splitlines()[0]})") from None
+
+
+def _local_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: bool, batch_size: int,
+                        max_length: int, device: torch.device, progress, precision: str = "fp32") -> Iterator[np.ndarray]:
+    """The local engine: each shard's logits in this process, the teacher loaded once (only if work is left)."""
+    if not pending:
+        return
+    tokenizer, model = load_teacher(teacher_dir, device)
+    model = with_precision(model, precision, device)  # label.precision: fp32 | bf16 | int8
+    for rows in pending:
+        texts_b = rows["text_b"].to_pylist() if is_pair else None
+        encodings = encode_pairs(tokenizer, rows["text_a"].to_pylist(), texts_b, max_length)
+        batches = length_sorted_batches(encodings, batch_size, tokenizer.pad_token_id)
+        yield batch_logits(model, batches, rows.num_rows, device, progress)
+
+
 def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *, device: torch.device,
           batch_size: int = 256, shard_rows: int = 16384, max_length: int = 128,
-          cache_root: Path = Path("data/cache/label"), precision: str = "fp32") -> dict:
-    """Write out_path = the transfer set + `logits` (float32 list) + `teacher_label`; return timings."""
+          cache_root: Path = Path("data/cache/label"), precision: str = "fp32",
+          ray: "RaySettings | None" = None) -> dict:
+    """Write out_path = the transfer set + `logits` (float32 list) + `teacher_label`; return timings.
+
+    ray=None labels in this process; RaySettings label on Ray (stages/ray_labeling.py), same shards and output.
+    """
     lock = RunLock(cache_root, task.name, f"label {task.name}")  # one run per task shares the cache; held to return
     transfer = read_parquet(transfer_path, TRANSFER_SCHEMA, hint="run the augment stage first")
     if transfer.num_rows == 0:
         raise StageError(f"{transfer_path}: the transfer set is empty")
-    tokenizer, model = load_teacher(teacher_dir, device)
-    if model.config.num_labels != task.num_labels:
-        raise StageError(f"teacher in {teacher_dir} has {model.config.num_labels} labels, task {task.name} has {task.num_labels}")
-    model = with_precision(model, precision, device)  # label.precision: fp32 | bf16 | int8
+    num_labels = teacher_num_labels(teacher_dir)
+    if num_labels != task.num_labels:
+        raise StageError(f"teacher in {teacher_dir} has {num_labels} labels, task {task.name} has {task.num_labels}")
 
     key = labeling_key(transfer_path, teacher_dir, max_length, precision)
     cache = Path(cache_root) / f"{task.name}-{key}"
@@ -61,17 +94,26 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
     n_shards = -(-n_rows // shard_rows)
     start, reused, labeled = time.perf_counter(), 0, 0
     with tqdm(total=n_rows, desc=f"label {task.name}", unit="row", smoothing=0.05) as progress:
+        pending = []  # (shard file, rows) still to label
         for shard in range(n_shards):
             shard_path = cache / f"shard-{shard:05d}-of-{n_shards:05d}.parquet"
             rows = transfer.slice(shard * shard_rows, shard_rows)
             if shard_path.exists():  # written atomically, so present means complete
                 reused += rows.num_rows
                 progress.update(rows.num_rows)
-                continue
-            texts_b = rows["text_b"].to_pylist() if task.is_pair else None
-            encodings = encode_pairs(tokenizer, rows["text_a"].to_pylist(), texts_b, max_length)
-            batches = length_sorted_batches(encodings, batch_size, tokenizer.pad_token_id)
-            logits = batch_logits(model, batches, rows.num_rows, device, progress)
+            else:
+                pending.append((shard_path, rows))
+        if ray is None:
+            shard_logits = _local_shard_logits([rows for _, rows in pending], teacher_dir, is_pair=task.is_pair,
+                                               batch_size=batch_size, max_length=max_length, device=device,
+                                               progress=progress, precision=precision)
+        else:
+            from stages.ray_labeling import ray_shard_logits  # only here: the default run never imports Ray
+
+            shard_logits = ray_shard_logits([rows for _, rows in pending], teacher_dir, is_pair=task.is_pair,
+                                            batch_size=batch_size, max_length=max_length, settings=ray,
+                                            progress=progress, precision=precision)
+        for (shard_path, rows), logits in zip(pending, shard_logits):
             write_parquet(pa.table({"logits": pa.FixedSizeListArray.from_arrays(logits.ravel(), task.num_labels)
                                     .cast(pa.list_(pa.float32()))}), shard_path)
             labeled += rows.num_rows
@@ -98,6 +140,7 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
         "batch_size": batch_size,
         "device": str(device),
         "precision": precision,
+        "engine": "local" if ray is None else "ray",
         # how often the teacher agrees with the gold label on the original training rows
         "teacher_train_accuracy": round(float((argmax[originals] == np.asarray(transfer["label"])[originals]).mean()), 6)
         if originals.any() else None,

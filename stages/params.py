@@ -56,6 +56,8 @@ class TeacherParams(Section):
     weight_decay: Float = Field(0.01, ge=0)
     evals_per_epoch: Int = Field(2, ge=1)
     max_train_examples: Optional[Int] = Field(None, ge=1)
+    # > 1: the stage relaunches itself under torch.distributed.run, data-parallel (gloo on CPU, nccl on CUDA)
+    processes: Int = Field(1, ge=1)
 
 
 class AugmentParams(Section):
@@ -88,6 +90,11 @@ class LabelParams(Section):
     # the teacher's forward pass: fp32 | bf16 (torch.autocast) | int8 (dynamic quantisation, CPU);
     # docs/label-precision.md has the speed and the student cost of each
     precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    engine: Literal["local", "ray"] = "local"  # ray: stages/ray_labeling.py (Ray Data, an actor pool)
+    ray_address: Optional[str] = None  # None = start a local Ray; "auto" = the running cluster; or ray://host:port
+    ray_workers: Int = Field(1, ge=1)  # actors, each holding one copy of the teacher
+    ray_cpus_per_worker: Optional[Float] = Field(None, gt=0)  # None = fit the node, leaving CPU for read/write tasks
+    ray_gpus_per_worker: Float = Field(0, ge=0)  # fractional shares a GPU between actors
 
 
 class StudentParams(Section):

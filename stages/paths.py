@@ -56,3 +56,19 @@ def cache_dir(stage: str) -> Path:
 
 def metrics_dir(task: str) -> Path:
     return METRICS / task
+
+
+def outside_dir(spec: str | None) -> str | None:
+    """A directory param that points outside the repository (data.glue_dir, data.hub_dir), as a stage opens it.
+
+    A relative path means relative to the project root. A queued or `--temp` DVC experiment runs the stages in
+    a copy at <root>/.dvc/tmp/exps/<tmp>/, where `../shared/glue` would miss: there it is taken from <root>.
+    """
+    if not spec or Path(spec).expanduser().is_absolute():
+        return spec
+    here = Path.cwd().resolve()
+    parts = here.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return str(Path(*parts[:i]) / spec)
+    return spec

@@ -1,12 +1,16 @@
 """`teacher` stage: fine-tune a BERT-style encoder per task and keep the best dev checkpoint.
 
 Built on transformers' Trainer, so the same code runs on CPU, one GPU, or data-parallel under
-`accelerate launch` / `torchrun` with no change (see the README).
+`accelerate launch` / `torchrun` with no change (see the README). With teacher.processes > 1 the stage
+launches itself under torch's own launcher (`launch_data_parallel`), so dvc.yaml's command stays the same.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet
 from stages.report.metrics import task_metrics
 from stages.params import TeacherParams
@@ -55,6 +60,7 @@ def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: Teac
     train = _dataset(tokenizer, _read_split(raw_dir, "train", params.max_train_examples), task, params.max_length)
     evals = {name: _dataset(tokenizer, _read_split(raw_dir, name), task, params.max_length) for name in task.eval_splits}
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # data-parallel: teacher.batch_size stays the global batch
     batches_per_epoch = max(1, -(-len(train) // params.batch_size))
     eval_steps = max(1, batches_per_epoch // params.evals_per_epoch)
     selection = f"eval_{task.selection_split}_{task.metrics[0]}"
@@ -72,7 +78,7 @@ def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: Teac
         output_dir=str(scratch),
         num_train_epochs=params.epochs,
         learning_rate=lr,
-        per_device_train_batch_size=params.batch_size,
+        per_device_train_batch_size=params.batch_size // world,
         per_device_eval_batch_size=max(64, params.batch_size),
         warmup_steps=params.warmup_ratio,  # a float below 1 is a ratio of all steps
         weight_decay=params.weight_decay,
@@ -94,6 +100,7 @@ def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: Teac
         bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
         report_to="none",
         dataloader_num_workers=0,
+        ddp_backend=("gloo" if device.type == "cpu" else "nccl") if world > 1 else None,
     )
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
                       train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
@@ -112,6 +119,8 @@ def train_teacher(task: Task, raw_dir: Path, out_dir: Path, *, params: TeacherPa
     Returns the teacher's metrics (dev scores, parameter count, time, model identity).
     """
     resolved = resolve_model(params.model)
+    if os.environ.get("RANK", "0") != "0":
+        live_dir = None  # one process logs and saves; the others only train
     out_dir = Path(out_dir)
     scratch = out_dir.parent / f".{out_dir.name}.checkpoints"  # the same on every rank
     start = time.perf_counter()
@@ -146,4 +155,22 @@ def train_teacher(task: Task, raw_dir: Path, out_dir: Path, *, params: TeacherPa
         # a Hub commit, or the path as given; packaged models are identified by package and version
         "model_revision": revision if resolved.origin == "hub" else None,
         "device": str(device),
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),  # data-parallel ranks (teacher.processes)
     }
+
+
+def launch_data_parallel(processes: int, device: torch.device, stage_args: list[str], batch_size: int) -> None:
+    """Rerun `python -m stages teacher <stage_args>` as `processes` data-parallel ranks through
+    torch.distributed.run (gloo on CPU, nccl on CUDA: one process per GPU). Rank 0 writes the model and metrics."""
+    if batch_size % processes:
+        raise StageError(f"teacher.batch_size={batch_size} must be a multiple of teacher.processes={processes} "
+                         "(it is the global batch, split evenly between the processes)")
+    if device.type == "cuda" and processes > torch.cuda.device_count():
+        raise StageError(f"teacher.processes={processes} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "stages", "teacher", *stage_args]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))}
+    result = subprocess.run(command, env=env)
+    if result.returncode != 0:
+        raise StageError(f"teacher.processes={processes}: the data-parallel run failed (exit code {result.returncode}); "
+                         "see the ranks' errors above")

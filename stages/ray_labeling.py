@@ -1,0 +1,165 @@
+"""The `ray` labeling engine (`label.engine: ray`): the teacher's logits computed by a Ray Data actor pool.
+
+Imported only when label.engine is `ray`, so the default pipeline never imports Ray. stages/label.py keeps
+its resumable shards, its cache key and its output: this module only turns the shards still to do into
+logits, in order. The pending rows go to Ray as one Arrow dataset (through the object store, so worker
+nodes need no shared filesystem), stream through `map_batches` to a pool of actors that each load the
+teacher once, and come back in row order; every time a shard's worth of rows is back it is handed to
+label.py, which writes it atomically, so a killed run keeps what it finished.
+
+The teacher's files travel to the actors through the object store too: a worker node needs the project's
+Python environment, not its checkout.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from stages.errors import StageError
+
+# CPU left to Ray Data's read and write tasks when the actors' size is chosen for you: an actor pool that
+# takes every CPU of a 2-core node starves them and the job never finishes.
+RESERVED_CPUS = 0.5
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    address: Optional[str] = None  # None = start a local Ray; "auto" = the running cluster
+    workers: int = 1
+    cpus_per_worker: Optional[float] = None
+    gpus_per_worker: float = 0.0
+
+
+def cpus_per_worker(settings: RaySettings, node_cpus: list[float]) -> float:
+    """The CPUs each actor asks for: as given, or an equal share of the biggest node (of the cluster when it
+    is smaller) less RESERVED_CPUS, never under a quarter CPU."""
+    if settings.cpus_per_worker is not None:
+        return settings.cpus_per_worker
+    if not node_cpus:
+        raise StageError("label.engine=ray: the Ray cluster reports no CPUs")
+    share = min(max(node_cpus), sum(node_cpus) / settings.workers) - RESERVED_CPUS
+    return round(max(0.25, share), 2)
+
+
+class _TeacherActor:
+    """One copy of the teacher per actor: rows in (text_a, text_b), float32 logits out, in the same order."""
+
+    def __init__(self, teacher_files, is_pair: bool, batch_size: int, max_length: int, threads: int,
+                 precision: str = "fp32"):
+        import ray
+        import torch
+
+        from stages.models.precision import with_precision
+        from stages.models.teacher_model import ResolvedModel, load_for_classification
+
+        torch.set_num_threads(threads)
+        self.dir = tempfile.mkdtemp(prefix="teacher-")
+        files = ray.get(teacher_files) if isinstance(teacher_files, ray.ObjectRef) else teacher_files
+        for name, data in files.items():
+            path = Path(self.dir) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.tokenizer, model = load_for_classification(ResolvedModel(self.dir, self.dir, "local path"))
+        self.model = with_precision(model.to(self.device).eval(), precision, self.device)
+        self.is_pair, self.batch_size, self.max_length = is_pair, batch_size, max_length
+
+    def __call__(self, rows: pa.Table) -> pa.Table:
+        from stages.models.teacher_model import batch_logits, encode_pairs, length_sorted_batches
+
+        texts_b = rows["text_b"].to_pylist() if self.is_pair else None
+        encodings = encode_pairs(self.tokenizer, rows["text_a"].to_pylist(), texts_b, self.max_length)
+        batches = length_sorted_batches(encodings, self.batch_size, self.tokenizer.pad_token_id)
+        logits = batch_logits(self.model, batches, rows.num_rows, self.device)
+        return pa.table({"logits": pa.FixedSizeListArray.from_arrays(logits.ravel(), logits.shape[1])})
+
+
+def _teacher_files(teacher_dir: Path) -> dict[str, bytes]:
+    root = Path(teacher_dir)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _connect(address: Optional[str]) -> bool:
+    """ray.init unless the caller already did; True when this call started (and so must stop) Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning",
+                 configure_logging=True)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        where = "a local Ray" if address is None else f"the Ray cluster at label.ray_address={address!r}"
+        raise StageError(f"label.engine=ray: cannot start or reach {where}: {str(e).splitlines()[0]}") from None
+    return True
+
+
+def _stream(dataset) -> Iterator[pa.Table]:
+    """The dataset's batches in order; a failed actor or task becomes one StageError line."""
+    import ray
+
+    try:
+        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    except ray.exceptions.RayError as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise StageError(f"label.engine=ray: the Ray job failed ({type(e).__name__}: {first[:300]}); the shards "
+                         "finished before it are kept, a rerun labels only the rest") from None
+
+
+def ray_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: bool, batch_size: int,
+                     max_length: int, settings: RaySettings, progress=None,
+                     precision: str = "fp32") -> Iterator[np.ndarray]:
+    """Yield the logits of each table in `pending` (the shards still to label), in order, one array per shard."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise StageError("label.engine=ray needs Ray Data: pip install 'ray[data]' (the project's `ray` extra)") from None
+
+    if not pending:
+        return
+    started = _connect(settings.address)
+    try:
+        nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+        cpus = cpus_per_worker(settings, nodes)
+        threads = max(1, int(np.ceil(cpus)))
+        rows = pa.concat_tables([t.select(["text_a", "text_b"]) for t in pending])
+        n = rows.num_rows
+        # blocks large enough to sort by length (little padding), small enough to keep every actor busy
+        block = int(min(max(t.num_rows for t in pending), max(batch_size, -(-n // (4 * settings.workers)))))
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # logits must come back in row order
+        context.enable_progress_bars = False
+        dataset = ray.data.from_arrow(rows).repartition(max(1, -(-n // block)))
+        logits = dataset.map_batches(
+            _TeacherActor, batch_size=block, batch_format="pyarrow", zero_copy_batch=True,
+            fn_constructor_kwargs=dict(teacher_files=ray.put(_teacher_files(teacher_dir)), is_pair=is_pair,
+                                       batch_size=batch_size, max_length=max_length, threads=threads,
+                                       precision=precision),
+            compute=ray.data.ActorPoolStrategy(size=settings.workers), num_cpus=cpus, num_gpus=settings.gpus_per_worker or None)
+        sizes = iter(t.num_rows for t in pending)
+        want, parts, have = next(sizes), [], 0
+        for batch in _stream(logits):
+            chunk = np.asarray(batch["logits"].combine_chunks().flatten()).reshape(batch.num_rows, -1)
+            parts.append(chunk)
+            have += len(chunk)
+            if progress is not None:
+                progress.update(len(chunk))
+            while want is not None and have >= want:
+                done = np.concatenate(parts)
+                yield done[:want]
+                rest = done[want:]
+                parts, have = ([rest] if len(rest) else []), len(rest)
+                want = next(sizes, None)
+        if want is not None:
+            raise StageError(f"label.engine=ray returned fewer rows than the {n} sent; rerun to resume")
+    finally:
+        if started:
+            ray.shutdown()
