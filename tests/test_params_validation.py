@@ -71,7 +71,7 @@ def test_every_stage_runs_after_the_check_stage():
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(stages)[0] == "check" and stages["check"]["cmd"] == "python -m stages check-params"
-    assert "params.yaml" in stages["check"]["deps"]
+    assert {"params.yaml": None} in stages["check"]["params"]  # every value of the file
     assert "data/params-checked.txt" in stages["sources"]["deps"]
 
 
@@ -88,7 +88,7 @@ def test_a_bad_exp_run_override_keeps_the_outputs_of_other_stages(tmp_path):
     (tmp_path / "check.py").write_text(check)
     (tmp_path / "dvc.yaml").write_text(
         "stages:\n"
-        "  check:\n    cmd: python check.py\n    deps: [params.yaml]\n    outs:\n      - ok.txt:\n          cache: false\n"
+        "  check:\n    cmd: python check.py\n    params:\n      - params.yaml:\n    outs:\n      - ok.txt:\n          cache: false\n"
         "  first:\n    cmd: echo first > first.txt\n    deps: [ok.txt]\n    outs: [first.txt]\n"
         "  student:\n    cmd: python -c \"open('model.txt', 'w').write('trained')\"\n    deps: [first.txt]\n"
         "    params: [student]\n    outs: [model.txt]\n")
