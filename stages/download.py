@@ -213,12 +213,12 @@ def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_rev
     """Write out_dir/<split>.parquet for every split of `task`; return row counts and class balance.
 
     `source`: data/sources/<task>.json for a declared dataset; `hub_dir`: a local copy of Hub datasets."""
-    frames, leakage = SOURCES[task.source](task, glue_dir=glue_dir, revision=glue_revision, split_seed=split_seed,
+    frames, report = SOURCES[task.source](task, glue_dir=glue_dir, revision=glue_revision, split_seed=split_seed,
                                            rt_dev_fraction=rt_dev_fraction, rt_test_fraction=rt_test_fraction,
                                            source=source, hub_dir=hub_dir)
-    leakage["overlap_after_rule"] = leakage.remaining_overlaps(frames, split_priority(task))
-    if leakage["applied"] and any(leakage["overlap_after_rule"].values()):  # the rule's own guarantee
-        raise StageError(f"{task.name}: splits still share texts after the leakage rule: {leakage['overlap_after_rule']}")
+    report["overlap_after_rule"] = leakage.remaining_overlaps(frames, split_priority(task))
+    if report["applied"] and any(report["overlap_after_rule"].values()):  # the rule's own guarantee
+        raise StageError(f"{task.name}: splits still share texts after the leakage rule: {report['overlap_after_rule']}")
     tables = {split: validate_split(df, task, split) for split, df in frames.items()}
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
         for split, table in tables.items():
@@ -233,4 +233,4 @@ def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_rev
              if "dropped_empty_text" in frames[split].attrs else {})
         for split, table in tables.items()
     }
-    return {"splits": splits, "leakage": leakage}
+    return {"splits": splits, "leakage": report}

@@ -15,12 +15,12 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from stages import paths
 from stages.errors import StageError
@@ -33,6 +33,25 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 INTEGRAL = re.compile(r"^([+-]?\d+)\.0*$")  # 1.0, 2., -3.00: an integer written as a float
 
 
+def _known_encoding(encoding: str) -> str:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r}") from None
+    return encoding
+
+
+def _hub_id(hub: Optional[str]) -> Optional[str]:
+    if hub is not None:
+        check_hub_id(hub)
+    return hub
+
+
+# Field types shared by the specs of labelled datasets (here) and unlabeled text (stages/data/unlabeled.py)
+Encoding = Annotated[str, AfterValidator(_known_encoding)]
+HubId = Annotated[Optional[str], AfterValidator(_hub_id)]  # owner/name, never a path
+
+
 class DatasetSpec(BaseModel):
     """One entry of `datasets:`; see params.yaml for a worked example."""
 
@@ -40,14 +59,14 @@ class DatasetSpec(BaseModel):
     train: Optional[str] = None  # a local file under data/external/
     dev: Optional[str] = None  # optional: without it, a stratified `dev_fraction` of train (data.split_seed)
     test: Optional[str] = None  # optional
-    hub: Optional[str] = None  # or a Hugging Face Hub dataset id (owner/name), read from its Parquet files
+    hub: HubId = None  # or a Hugging Face Hub dataset id (owner/name), read from its Parquet files
     config: Optional[str] = None  # Hub only: the dataset's config (subset)
     revision: str = "main"  # Hub only: a branch, tag or commit
     splits: dict[Literal["train", "dev", "test"], str] = {}  # Hub only: our split -> the Hub's split name
     text: list[str] = Field(min_length=1, max_length=2)  # one column, or two for sentence pairs
     label: str  # the class column: strings or integers
     labels: Optional[list[Union[StrictBool, StrictInt, str]]] = None  # allowed values, in order; None = sorted
-    encoding: str = "utf-8"  # of .csv/.tsv/.jsonl files
+    encoding: Encoding = "utf-8"  # of .csv/.tsv/.jsonl files
     dev_fraction: float = Field(0.1, gt=0, lt=1)
     pos_model: Optional[str] = None  # any installed spaCy pipeline; None = augment.pos_model
 
@@ -63,21 +82,6 @@ class DatasetSpec(BaseModel):
             raise ValueError(f"a classifier needs at least 2 labels, got {names}")
         return names
 
-    @field_validator("encoding")
-    @classmethod
-    def _encoding(cls, encoding: str) -> str:
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise ValueError(f"unknown encoding {encoding!r}") from None
-        return encoding
-
-    @field_validator("hub")
-    @classmethod
-    def _hub(cls, hub: Optional[str]) -> Optional[str]:
-        if hub is not None:
-            check_hub_id(hub)
-        return hub
 
     @model_validator(mode="after")
     def _source(self) -> "DatasetSpec":
@@ -149,6 +153,19 @@ def _decode(path: Path, encoding: str) -> str:
                          "if the file uses another encoding, set it in the dataset's `encoding` (e.g. latin-1)") from None
 
 
+def jsonl_record(line: str, number: int, where) -> dict | None:
+    """One line of a JSON Lines file: its object, None for a blank line, else a StageError naming file and line."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise StageError(f"{where}, line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise StageError(f"{where}, line {number}: expected one JSON object per line, got {type(record).__name__}")
+    return record
+
+
 def read_file(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     """A whole file as a DataFrame whose index is the row number of each row in the file, for messages."""
     suffix = path.suffix.lower()
@@ -163,16 +180,10 @@ def read_file(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     if suffix == ".jsonl":
         records, lines = [], []
         for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StageError(f"{path}, line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise StageError(f"{path}, line {number}: expected one JSON object per line, got {type(record).__name__}")
-            records.append(record)
-            lines.append(number)
+            record = jsonl_record(line, number, path)
+            if record is not None:
+                records.append(record)
+                lines.append(number)
         return pd.DataFrame.from_records(records, index=lines)
     try:
         df = pd.read_csv(io.StringIO(text), sep=FORMATS[suffix], dtype=str, keep_default_na=False)

@@ -16,7 +16,6 @@ one-line StageError naming the file (and the line or column).
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 from pathlib import Path
@@ -26,9 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stages import paths
+from stages.data.datasets import Encoding, HubId, jsonl_record
 from stages.data.hub import split_files
 from stages.errors import StageError
 
@@ -42,22 +42,13 @@ class UnlabeledSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     files: list[str] = []  # under data/external/; all in one format
-    hub: Optional[str] = None  # or a Hub dataset id (owner/name), read from its Parquet files
+    hub: HubId = None  # or a Hub dataset id (owner/name), read from its Parquet files
     config: Optional[str] = None  # Hub only
     revision: str = "main"  # Hub only
     split: str = "train"  # Hub only: the split to read
     text: list[str] = Field([], max_length=2)  # the text column(s); txt files: leave empty (the line is the text)
     format: Optional[Literal["txt", "csv", "tsv", "jsonl", "parquet"]] = None  # None: from each file's extension
-    encoding: str = "utf-8"  # of txt, csv, tsv and jsonl files
-
-    @field_validator("encoding")
-    @classmethod
-    def _encoding(cls, encoding: str) -> str:
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise ValueError(f"unknown encoding {encoding!r}") from None
-        return encoding
+    encoding: Encoding = "utf-8"  # of txt, csv, tsv and jsonl files
 
     @model_validator(mode="after")
     def _source(self) -> "UnlabeledSpec":
@@ -179,15 +170,9 @@ def _read_jsonl(path: Path, spec: UnlabeledSpec, where: str, names: list[str]) -
     try:
         with open(path, encoding=spec.encoding) as f:
             for number, line in enumerate(f, 1):
-                if not line.strip():
+                record = jsonl_record(line, number, where)
+                if record is None:
                     continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise StageError(f"{where}, line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
-                if not isinstance(record, dict):
-                    raise StageError(f"{where}, line {number}: expected one JSON object a line, got "
-                                     f"{type(record).__name__}")
                 for column, name in zip(batch, names):
                     if name not in record:
                         raise StageError(f"{where}, line {number}: no field {name!r}; the object's fields are "
