@@ -125,22 +125,27 @@ def check_name(name: str) -> None:
                          "and DVC stages)")
 
 
-def check_local_path(name: str, split: str, file: str) -> Path:
+def external_file(file: str, where: str) -> Path:
+    """`file` as a path under data/external/, checked: its text stays inside, it exists, and it does not resolve
+    (through a symlink of the file or of a folder on the way) to anything outside. `where` names the entry."""
     path = Path(file)
-    if path.suffix.lower() not in FORMATS:
-        raise StageError(f"datasets.{name}.{split}: {file} is not one of the formats {', '.join(FORMATS)}")
     inside = not path.is_absolute() and ".." not in path.parts and path.parts[:2] == paths.EXTERNAL.parts
     if not inside:
-        raise StageError(f"datasets.{name}.{split}: {file} is outside {paths.EXTERNAL}/; put your files there, "
+        raise StageError(f"{where}: {file} is outside {paths.EXTERNAL}/; put your files there, "
                          "so that the pipeline reruns when they change")
     if not path.is_file():
-        raise StageError(f"datasets.{name}.{split}: file {file} not found")
-    # the text of the path is inside; a symlink (of the file or of a folder on the way) may still lead out
+        raise StageError(f"{where}: file {file} not found")
     target, root = path.resolve(), paths.EXTERNAL.resolve()
     if not target.is_relative_to(root):
-        raise StageError(f"datasets.{name}.{split}: {file} resolves to {target}, outside {paths.EXTERNAL}/; "
+        raise StageError(f"{where}: {file} resolves to {target}, outside {paths.EXTERNAL}/; "
                          "copy the file there instead of linking to it")
     return path
+
+
+def check_local_path(name: str, split: str, file: str) -> Path:
+    if Path(file).suffix.lower() not in FORMATS:
+        raise StageError(f"datasets.{name}.{split}: {file} is not one of the formats {', '.join(FORMATS)}")
+    return external_file(file, f"datasets.{name}.{split}")
 
 
 def _decode(path: Path, encoding: str) -> str:
@@ -299,7 +304,7 @@ def task_for(name: str, spec: DatasetSpec, names: list[str], has_test: bool) -> 
                 notes=f"declared in params.yaml: datasets.{name}")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -317,7 +322,7 @@ def describe(name: str, spec: DatasetSpec, hub_dir: str | None = None) -> dict:
         to_ids(df, names, name, spec.label, split)
     task = task_for(name, spec, names, has_test="test" in files)
     return {"task": task.to_dict(), "dataset": spec.model_dump(),
-            "files": {split: [{"path": str(f), "sha256": _sha256(f)} for f in fs] for split, fs in files.items()}}
+            "files": {split: [{"path": str(f), "sha256": file_sha256(f)} for f in fs] for split, fs in files.items()}}
 
 
 def load(task: Task, spec: DatasetSpec, hub_dir: str | None = None) -> dict[str, tuple[pd.DataFrame, int]]:

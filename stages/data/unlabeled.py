@@ -16,7 +16,6 @@ one-line StageError naming the file (and the line or column).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Iterator, Literal, Optional
@@ -27,8 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stages import paths
-from stages.data.datasets import Encoding, HubId, jsonl_record
+from stages.data.datasets import Encoding, HubId, external_file, file_sha256, jsonl_record
 from stages.data.hub import split_files
 from stages.errors import StageError
 
@@ -76,24 +74,10 @@ def source_files(task: str, spec: UnlabeledSpec, hub_dir: str | None = None) -> 
                            where=f"unlabeled.{task}: ")
     out = []
     for file in spec.files:
-        path = Path(file)
-        inside = not path.is_absolute() and ".." not in path.parts and path.parts[:2] == paths.EXTERNAL.parts
-        if not inside:
-            raise StageError(f"unlabeled.{task}: {file} is outside {paths.EXTERNAL}/; put your files there, so that "
-                             "the pipeline reruns when they change")
-        if not path.is_file():
-            raise StageError(f"unlabeled.{task}: file {file} not found")
+        path = external_file(file, f"unlabeled.{task}")
         file_format(path, spec)
         out.append(path)
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe(task: str, spec: UnlabeledSpec | None, hub_dir: str | None = None) -> dict:
@@ -102,7 +86,7 @@ def describe(task: str, spec: UnlabeledSpec | None, hub_dir: str | None = None) 
     if spec is None:
         return {"unlabeled": None, "files": []}
     return {"unlabeled": spec.model_dump(),
-            "files": [{"path": str(f), "sha256": _sha256(f)} for f in source_files(task, spec, hub_dir)]}
+            "files": [{"path": str(f), "sha256": file_sha256(f)} for f in source_files(task, spec, hub_dir)]}
 
 
 def recorded_spec(path: Path) -> UnlabeledSpec | None:
