@@ -8,6 +8,7 @@ import pytest
 
 from stages.data.datasets import DatasetSpec
 from stages.data.hub import split_files
+from stages.data.unlabeled import UnlabeledSpec, source_files
 from stages.errors import StageError
 from stages.params import load_params
 from stages.sources import write_sources
@@ -35,6 +36,14 @@ def test_a_symlink_under_data_external_pointing_outside_is_refused(project, tmp_
     with pytest.raises(StageError, match=r"datasets\.x\.train: data/external/x/train\.csv resolves to .*outside"):
         write_sources(["x"], declare(train="data/external/x/train.csv"), Path("data/sources"))
     assert not Path("data/sources").exists()
+
+
+def test_an_unlabeled_file_linking_outside_is_refused(project, tmp_path):
+    outside = tmp_path / "private.txt"
+    outside.write_text("a private line\n")
+    os.symlink(outside, project / "data/external/x/unlabeled.txt")
+    with pytest.raises(StageError, match=r"unlabeled\.x: data/external/x/unlabeled\.txt resolves to .*outside"):
+        source_files("x", UnlabeledSpec(files=["data/external/x/unlabeled.txt"]))
 
 
 def test_a_symlinked_folder_under_data_external_pointing_outside_is_refused(project, tmp_path):
