@@ -10,21 +10,31 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup setup-dev browser repro test clean
+.PHONY: setup setup-dev browser repro test clean lock
 # `make repro` needs only the pipeline's own dependencies; `make test` adds the test extras (Ray, the S3
 # server, the HTTP service, hypothesis, Playwright) and Debian's chromium for the browser test.
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
-$(VENV)/.installed: pyproject.toml Makefile
+# constraints.txt pins every other package to the set CI tested, so pip resolves without backtracking
+# (unpinned, pip 23 spent over 90 minutes walking aiobotocore/boto3 releases).
+PIP := $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e .
+	$(PIP) "$(TORCH)"
+	$(PIP) -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PIP) -e ".[dev]"
 	touch $@
+
+# After changing the dependencies in pyproject.toml: install unpinned once, then record the result.
+lock:
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	{ sed -n 1,2p constraints.txt; $(VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 # The browser test drives Debian's chromium (Playwright's own browser download is not used). Installed when
 # we are root and it is missing; elsewhere the test skips and says why.
