@@ -204,7 +204,9 @@ def validate_split(df: pd.DataFrame, task: Task, split: str) -> pa.Table:
         )
     if df.empty:
         raise StageError(f"{where}: no rows in split {split}")
-    return pa.Table.from_pandas(df, schema=RAW_SCHEMA, preserve_index=False)
+    # without pandas' metadata: it holds df.attrs (the path each file was read from, absolute in a queued
+    # experiment's copy) and the pandas version, and the raw files must hash the same wherever they are written
+    return pa.Table.from_pandas(df, schema=RAW_SCHEMA, preserve_index=False).replace_schema_metadata(None)
 
 
 def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_revision: str = "main",

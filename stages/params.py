@@ -93,7 +93,7 @@ class LabelParams(Section):
     engine: Literal["local", "ray"] = "local"  # ray: stages/ray_labeling.py (Ray Data, an actor pool)
     ray_address: Optional[str] = None  # None = start a local Ray; "auto" = the running cluster; or ray://host:port
     ray_workers: Int = Field(1, ge=1)  # actors, each holding one copy of the teacher
-    ray_cpus_per_worker: Optional[Float] = Field(None, gt=0)  # None = fit the node, leaving CPU for read/write tasks
+    ray_cpus_per_worker: Optional[Float] = Field(None, gt=0)  # None = fit the node, leaving 0.5 CPU to the driver
     ray_gpus_per_worker: Float = Field(0, ge=0)  # fractional shares a GPU between actors
 
 

@@ -23,8 +23,9 @@ import pyarrow as pa
 
 from stages.errors import StageError
 
-# CPU left to Ray Data's read and write tasks when the actors' size is chosen for you: an actor pool that
-# takes every CPU of a 2-core node starves them and the job never finishes.
+# CPU left to the driver (it streams the logits back and writes the shards) when the actors' size is chosen
+# for you. The dataset itself needs no CPU of Ray's: its blocks are cut here and put in the object store, so
+# no Ray Data task (each asks for a whole CPU) waits behind the actors; a pool that holds every CPU still runs.
 RESERVED_CPUS = 0.5
 
 
@@ -137,7 +138,9 @@ def ray_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: boo
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # logits must come back in row order
         context.enable_progress_bars = False
-        dataset = ray.data.from_arrow(rows).repartition(max(1, -(-n // block)))
+        # blocks cut here, not by .repartition(): that is a Ray Data task wanting a whole CPU, which never
+        # starts while the actors hold more than half of a 2-core node
+        dataset = ray.data.from_arrow([rows.slice(start, block) for start in range(0, n, block)])
         logits = dataset.map_batches(
             _TeacherActor, batch_size=block, batch_format="pyarrow", zero_copy_batch=True,
             fn_constructor_kwargs=dict(teacher_files=ray.put(_teacher_files(teacher_dir)), is_pair=is_pair,

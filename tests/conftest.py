@@ -84,3 +84,12 @@ def synthetic_raw(raw_dir: Path, task, n_train: int = 48, n_dev: int = 16, seed:
                           "idx": np.arange(n, dtype="int64")}, schema=RAW_SCHEMA)
         pq.write_table(table, raw_dir / f"{split}.parquet")
     return raw_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """The tiny two-task project of tests/tiny_project.py after its first `dvc repro`, built once per session.
+    Tests copy it (tiny_project.copy_built) rather than change it."""
+    from tests.tiny_project import build
+
+    return build(tmp_path_factory.mktemp("tiny-project"))

@@ -35,6 +35,20 @@ def test_glue_from_local_copy_has_official_sizes(tmp_path, task, sizes):
     assert set(train["label"]) == {0, 1}
 
 
+def test_raw_files_are_the_same_bytes_whichever_way_the_glue_dir_is_spelled(tmp_path, glue_mirror, monkeypatch):
+    """A relative glue_dir resolves to an absolute path in a queued experiment's copy: the raw files must not
+    record it (nor the pandas version), or DVC would see new raw data and retrain the teacher."""
+    monkeypatch.chdir(glue_mirror.parent)
+    download(get_task("qqp"), tmp_path / "relative", glue_dir="glue")
+    download(get_task("qqp"), tmp_path / "absolute", glue_dir=str(glue_mirror.resolve()))
+    files = sorted(p.name for p in (tmp_path / "relative").glob("*.parquet"))
+    assert files == sorted(p.name for p in (tmp_path / "absolute").glob("*.parquet")) and "train.parquet" in files
+    for name in files:
+        relative, absolute = tmp_path / "relative" / name, tmp_path / "absolute" / name
+        assert relative.read_bytes() == absolute.read_bytes()
+        assert pq.read_schema(relative).metadata is None
+
+
 def _prime_hub_cache(cache: Path, mirror: Path, commit: str = "0" * 40) -> None:
     """Lay files out as huggingface_hub caches a dataset, so hf_hub_download finds them offline."""
     repo = cache / "datasets--nyu-mll--glue"

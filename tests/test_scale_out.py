@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from stages.params import TeacherParams
 from stages.teacher import train_teacher
 from tests.conftest import REPO, run_cli, synthetic_raw, write_params
 from tests.test_label import write_transfer
-from tests.test_pipeline import TINY, _copy_project, _ran, _run, _tiny_glue
+from tests.tiny_project import copy_built, ran, run
 
 CPU = torch.device("cpu")
 
@@ -86,11 +87,18 @@ def test_ray_engine_equals_local_and_resumes_a_killed_run(tmp_path, teacher3, mo
     monkeypatch.setattr(label_module, "batch_logits", real)
     assert not (tmp_path / "ray.parquet").exists()  # nothing that looks complete
 
+    def stuck(*_):
+        raise TimeoutError("the ray engine made no progress in 180 s (a Ray Data task waiting for a CPU?)")
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
-    try:  # two actors of half a CPU each: 16-row shards of 60 rows come back in order from both
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(180)
+    try:  # two actors holding both CPUs (a pool that leaves no CPU free once hung): shards come back in order
         resumed = label(task, tmp_path / "transfer.parquet", teacher3, tmp_path / "ray.parquet", **args,
-                        ray=RaySettings(workers=2, cpus_per_worker=0.5))
+                        ray=RaySettings(workers=2, cpus_per_worker=1.0))
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
         ray.shutdown()
     assert resumed["engine"] == "ray"
     assert (resumed["rows_reused_from_cache"], resumed["rows_labeled_now"]) == (16, 44)
@@ -103,7 +111,7 @@ def test_ray_engine_equals_local_and_resumes_a_killed_run(tmp_path, teacher3, mo
     assert not any((tmp_path / "cache").iterdir())
 
 
-def test_ray_workers_size_leaves_cpu_for_read_and_write():
+def test_ray_workers_size_leaves_cpu_for_the_driver():
     from stages.ray_labeling import RaySettings, cpus_per_worker
 
     assert cpus_per_worker(RaySettings(workers=1), [2.0]) == 1.5  # one 2-core node: half a CPU stays free
@@ -174,45 +182,36 @@ def _tracked_files(repo: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_s3_remote_fresh_clone_and_queued_sweep(tmp_path, s3_server, monkeypatch):
+def test_s3_remote_fresh_clone_and_queued_sweep(tmp_path, tiny_project, s3_server, monkeypatch):
+    """The tiny project's results pushed to an S3 remote, pulled byte-identical into a fresh clone, and a sweep
+    run from that clone on DVC's queue. Its glue_dir is relative (`../glue`, as `../shared/glue` is in the
+    README): it must resolve from the clone and from the queue's copies."""
     for key, value in S3_ENV.items():
         monkeypatch.setenv(key, value)
-    repo, clone = tmp_path / "repo", tmp_path / "clone"
-    repo.mkdir()
-    _copy_project(repo)
-    _tiny_glue(tmp_path / "glue")
-    tiny = {**TINY, "tasks": ["sst2"], "seeds": [1],
-            "teacher": {**TINY["teacher"], "max_train_examples": 16, "max_length": 16},
-            "evaluate": {**TINY["evaluate"], "reference_architectures": []}}
-    # relative, as `../shared/glue` is in the README: it must resolve from the clone and from the queue's copies
-    write_params(repo / "params.yaml", **tiny, data={"glue_dir": "../glue"})
-    _run(["git", "init", "-q"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    _run(["dvc", "remote", "add", "-d", "team", "s3://team/store"], repo)
-    _run(["dvc", "remote", "modify", "team", "endpointurl", s3_server], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "tiny"], repo)
-    _run(["dvc", "repro"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "results"], repo)
-    _run(["dvc", "push"], repo)
+    repo, clone = copy_built(tiny_project, tmp_path), tmp_path / "clone"
+    run(["dvc", "remote", "add", "-d", "team", "s3://team/store"], repo)
+    run(["dvc", "remote", "modify", "team", "endpointurl", s3_server], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "the team's remote"], repo)
+    run(["dvc", "push"], repo)
 
-    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     assert not (clone / "models").exists()
-    _run(["dvc", "pull"], clone)
+    run(["dvc", "pull"], clone)
     pushed, pulled = _tracked_files(repo), _tracked_files(clone)
     assert "models/teacher/sst2/model.safetensors" in pulled and "data/labeled/sst2.parquet" in pulled
     assert pulled == pushed  # byte-identical
-    assert "up to date" in _run(["dvc", "status"], clone)
-    assert _ran(_run(["dvc", "repro"], clone)) == set()
+    assert "up to date" in run(["dvc", "status"], clone)
+    assert ran(run(["dvc", "repro"], clone)) == set()
 
     # a sweep on DVC's queue, run from the clone: each experiment in its own temporary copy under .dvc/tmp/exps,
     # where only what depends on the student reruns (the relative glue_dir in such a copy: the test below)
-    _run(["dvc", "exp", "run", "--queue", "-S", "student.hidden=150,300"], clone)
-    _run(["dvc", "queue", "start", "-j", "2"], clone)
+    run(["dvc", "exp", "run", "--queue", "-S", "student.hidden=150,300", "-S", "seeds=[1]", "evaluate@sst2",
+         "export@sst2"], clone)
+    run(["dvc", "queue", "start", "-j", "2"], clone)
     deadline = time.monotonic() + 300
     while True:
-        status = _run(["dvc", "queue", "status"], clone)
+        status = run(["dvc", "queue", "status"], clone)
         if not any(word in status for word in ("Queued", "Running")):
             break
         assert time.monotonic() < deadline, f"the queue did not finish in 300 s:\n{status}"
@@ -220,14 +219,14 @@ def test_s3_remote_fresh_clone_and_queued_sweep(tmp_path, s3_server, monkeypatch
     tasks = [line.split()[0] for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
     assert len(tasks) == 2 and "Failed" not in status, status
     for task_id in tasks:
-        ran = _ran(_run(["dvc", "queue", "logs", task_id], clone))
-        assert {"student@sst2-1", "baseline@sst2-1", "evaluate@sst2", "export@sst2"} <= ran, ran
-        assert not ran & {"download@sst2", "teacher@sst2", "augment@sst2", "label@sst2"}, ran
-    shown = list(csv.DictReader(io.StringIO(_run([sys.executable, "-m", "stages", "show", "--csv"], clone))))
+        stages = ran(run(["dvc", "queue", "logs", task_id], clone))
+        assert {"student@sst2-1", "baseline@sst2-1", "evaluate@sst2", "export@sst2"} <= stages, stages
+        assert not stages & {"download@sst2", "teacher@sst2", "augment@sst2", "label@sst2"}, stages
+    shown = list(csv.DictReader(io.StringIO(run([sys.executable, "-m", "stages", "show", "--csv"], clone))))
     experiments = [row for row in shown if row["Experiment"]]
     assert sorted(row["student.hidden"] for row in experiments) == ["150", "300"], shown
     for row in experiments:  # each queued experiment ran to its summary
-        assert row["State"] == "Success" and 0 <= float(row["student.dev_accuracy"]) <= 1
+        assert row["State"] == "Success" and 0 <= float(row["metrics/sst2/summary.json:student.dev_accuracy"]) <= 1
 
 
 def test_a_relative_glue_dir_resolves_from_the_project_root_in_a_queued_experiment(tmp_path, monkeypatch):

@@ -51,10 +51,25 @@ def read_config(path: Path) -> dict:
     return config
 
 
+def session_options(threads: int | None = None, spinning: bool = True):
+    """onnxruntime's session options: `threads` intra-op threads (None: one per core). spinning=False stops the
+    threads from busy-waiting for the next call, which a service between requests should not pay for: on a
+    small machine the spinning threads take the cores that parse the requests."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 class OnnxStudent:
     """Raw texts in, logits or class probabilities out, through onnxruntime."""
 
-    def __init__(self, model_dir: Path, variant: str = "fp32", threads: int | None = None):
+    def __init__(self, model_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         model_dir = Path(model_dir)
@@ -67,9 +82,7 @@ class OnnxStudent:
                              "run the export stage first")
         self.config = read_config(model_dir / CONFIG_FILE)
         self.vocab = Vocab.load(model_dir / TOKENIZER_FILE)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options = session_options(threads, spinning)
         try:
             self.session = ort.InferenceSession(str(model_dir / MODEL_FILES[variant]), options,
                                                 providers=["CPUExecutionProvider"])

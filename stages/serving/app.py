@@ -83,7 +83,7 @@ def load_model(export_dir: Path, backend: str, threads: int | None = None):
 
     if backend not in ONNX_BACKENDS:
         raise StageError(f"unknown backend {backend!r}; serve runs {' or '.join(ONNX_BACKENDS)}")
-    return OnnxStudent(Path(export_dir), ONNX_BACKENDS[backend], threads=threads)
+    return OnnxStudent(Path(export_dir), ONNX_BACKENDS[backend], threads=threads, spinning=False)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.models.onnx_student import OnnxStudent
+from stages.models.onnx_student import OnnxStudent, session_options
 from stages.models.vocab import PAD_ID
 
 LSTM_OPS = {"LSTM", "DynamicQuantizeLSTM"}
@@ -83,10 +83,8 @@ class PaddedStudent:
         rewritten = _with_lengths(model_path)
         self.session, self.lengths = None, {}
         if rewritten is not None:
-            options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(rewritten[0], options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(rewritten[0], session_options(threads, spinning=False),
+                                                providers=["CPUExecutionProvider"])
             self.lengths = rewritten[1]
 
     @property
