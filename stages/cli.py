@@ -366,7 +366,6 @@ def serve(
         from stages.serving.app import SETTINGS_ENV, Batching, Limits, create_app, recommended_backend
     except ImportError as e:
         raise StageError(f"serve needs {e.name}, one of the project's dependencies: pip install -e .") from None
-    from stages.serving.app import SETTINGS_ENV, Batching, Limits, create_app, recommended_backend
 
     if export_dir is None:
         export_dir = paths.model_dir("export", load_params(params).tasks[0])

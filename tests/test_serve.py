@@ -377,6 +377,35 @@ def test_real_serve_process_answers_then_finishes_in_flight_requests_on_sigterm(
         urllib.request.urlopen(url + "/health", timeout=2)
 
 
+def test_two_worker_processes_serve_the_same_answers_and_stop_on_sigterm(exports):
+    """`serve --workers 2`: uvicorn's worker processes, each loading the model from the settings it is handed."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "stages", "serve", "--export-dir", str(exports["rt"]),
+                             "--port", str(port), "--workers", "2"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 90
+    try:
+        while True:
+            try:
+                health = json.loads(urllib.request.urlopen(url + "/health", timeout=2).read())
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"serve --workers 2 did not start: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+                time.sleep(0.3)
+        assert health["backend"] == "onnx-int8" and health["labels"] == ["rotten", "fresh"]
+        expected = _probabilities(exports["rt"], "int8", SENTENCES)
+        for _ in range(4):  # new connections: the kernel hands them to either worker
+            answer = _post(url + "/predict", {"texts": SENTENCES})
+            assert [p["probabilities"] for p in answer["predictions"]] == expected
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_serve_refuses_a_missing_export_in_one_line(tmp_path):
     from tests.conftest import run_cli
 
