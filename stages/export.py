@@ -21,9 +21,8 @@ from torch import nn
 from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet
 from stages.report.metrics import task_metrics
-from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, TOKENIZER_FILE, OnnxStudent
-from stages.predict import ONNX_BACKENDS
-from stages.student import VOCAB_FILE, Student, load_student
+from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, ONNX_BACKENDS, TOKENIZER_FILE, OnnxStudent
+from stages.models.torch_student import VOCAB_FILE, Student, load_student
 from stages.models.student_model import count_parameters
 from stages.data.tasks import Task
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stages.errors import StageError
-
-ONNX_BACKENDS = {"onnx": "fp32", "onnx-int8": "int8"}  # backend name -> exported file (onnx_student.MODEL_FILES)
-BACKENDS = ("torch", *ONNX_BACKENDS)
+from stages.models.predictor import Predictor
+from stages.models.registry import load_predictor
 
 
 @dataclass(frozen=True)
@@ -80,23 +79,18 @@ def _is_pair(parts: list[str]) -> bool:
     return len(parts) == 2 and bool(parts[0].strip()) and bool(parts[1].strip())
 
 
-def _load(model_dir: Path, backend: str, device: str):
+def _load(model_dir: Path, backend: str, device: str) -> Predictor:
     if backend == "torch":
-        from stages.runtime import resolve_device
-        from stages.student import load_student
+        from stages.runtime import resolve_device  # imports PyTorch: only for the torch backend
 
-        return load_student(model_dir, resolve_device(device))
-    if backend in ONNX_BACKENDS:
-        from stages.models.onnx_student import OnnxStudent
-
-        return OnnxStudent(model_dir, ONNX_BACKENDS[backend])
-    raise StageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        return load_predictor(model_dir, backend, resolve_device(device))
+    return load_predictor(model_dir, backend)
 
 
 def answer(model_dir: Path, items: list[Item], device: str = "cpu", backend: str = "torch") -> list[dict]:
     """One row per item, in order: {"text", "label", "probabilities"}, or {"input", "error"} for a refused one."""
     student = _load(Path(model_dir), backend, device)
-    label_names, pair = student.config["label_names"], student.config["pair"]
+    label_names, pair = student.labels, student.pair
     checked = []
     for item in items:
         if item.error is None and pair and not _is_pair(item.text.split("\t")):

@@ -78,8 +78,7 @@ def recommended_backend(export_dir: Path) -> str:
 
 
 def load_model(export_dir: Path, backend: str, threads: int | None = None):
-    from stages.models.onnx_student import OnnxStudent
-    from stages.predict import ONNX_BACKENDS
+    from stages.models.onnx_student import ONNX_BACKENDS, OnnxStudent
 
     if backend not in ONNX_BACKENDS:
         raise StageError(f"unknown backend {backend!r}; serve runs {' or '.join(ONNX_BACKENDS)}")
@@ -153,8 +152,7 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
     config = student.config
     labels, pair = list(config["label_names"]), bool(config["pair"])
 
-    from stages.models.onnx_student import MODEL_FILES
-    from stages.predict import ONNX_BACKENDS
+    from stages.models.onnx_student import MODEL_FILES, ONNX_BACKENDS
     from stages.serving.padded import PaddedStudent
 
     runner = PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads)
