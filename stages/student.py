@@ -19,12 +19,13 @@ import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
+from stages import paths
 from stages.models.checkpoint import EpochCheckpoint
 from stages.errors import StageError
-from stages.data.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, input_key, read_parquet
+from stages.data.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, input_key, read_parquet, write_json
 from stages.report.metrics import task_metrics
-from stages.params import DistillParams, StudentParams
-from stages.runtime import seed_everything
+from stages.params import DistillParams, Params, StudentParams
+from stages.runtime import resolve_device, seed_everything
 from stages.models.student_model import StudentClassifier, count_parameters, distill_loss
 from stages.models.torch_student import (CONFIG_FILE, MODEL_FILE, VOCAB_FILE, Examples, OnDevice, build_model,
                                          encode_texts, model_logits)
@@ -197,10 +198,89 @@ def _log_epoch(live, train_loss: float, dev: dict, dev_loss: dict) -> None:
     live.next_step()
 
 
+@dataclass
+class _Training:
+    """One training run's state: what an epoch updates and a checkpoint saves."""
+
+    model: StudentClassifier
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    train: OnDevice
+    evals: dict[str, OnDevice]
+    best: dict
+    history: list[dict]  # what each epoch logged, so a resumed run's curves are whole
+    checkpoint: EpochCheckpoint | None
+
+
+def _checkpoint(task: Task, train_path: Path, dev_dir: Path, *, student: StudentParams, distill: DistillParams,
+                seed: int, use_teacher_logits: bool, device: torch.device, root: Path | None) -> EpochCheckpoint | None:
+    """The resumable state's home, keyed by every input and setting that decides the result (None: no resuming)."""
+    if root is None:
+        return None
+    kind = "student" if use_teacher_logits else "baseline"
+    return EpochCheckpoint(root, f"{task.name}-{kind}-seed-{seed}", input_key(
+        [train_path, *sorted(p for p in Path(dev_dir).glob("*.parquet"))],
+        {"student": student.model_dump(), "distill": distill.model_dump(), "seed": seed,
+         "use_teacher_logits": use_teacher_logits, "device": device.type}))
+
+
+def _restore(run: _Training, task: Task, device: torch.device) -> None:
+    if run.checkpoint is None:
+        return
+    saved = run.checkpoint.restore(run.model, run.optimizer, run.generator, device)
+    if saved is not None:
+        run.best, run.history = saved["best"], saved["history"]
+        print(f"{task.name}: resuming after epoch {len(run.history)} from {run.checkpoint.path}", file=sys.stderr)
+
+
+def _dev_scores(task: Task, model: StudentClassifier, evals: dict[str, OnDevice]) -> tuple[dict, dict]:
+    dev, dev_loss = {}, {}
+    for split, ex in evals.items():
+        logits = model_logits(model, ex)
+        dev[split] = task_metrics(task, ex.examples.labels, logits.argmax(-1))
+        dev_loss[split] = _cross_entropy(logits, ex.examples.labels)
+    return dev, dev_loss
+
+
+def _epochs(task: Task, run: _Training, distill: DistillParams, *, alpha: float, batch_size: int, live) -> int:
+    """Train until distill.epochs or early stopping, keeping the best epoch on dev; returns the epochs run."""
+    selection, metric = task.selection_split, task.metrics[0]
+    epochs_run = len(run.history)
+    for logged in run.history:
+        _log_epoch(live, **logged)
+    first = len(run.history) + 1
+    if run.history and len(run.history) - run.best["epoch"] >= distill.patience:
+        first = distill.epochs + 1  # it had already stopped early
+    for epoch in range(first, distill.epochs + 1):
+        epochs_run = epoch
+        batches = run.train.examples.batches(distill.batching, batch_size, run.generator)
+        train_loss = train_epoch(run.model, run.optimizer, run.train, batches, alpha=alpha,
+                                 kind=distill.loss, temperature=distill.temperature,
+                                 desc=f"{task.name} epoch {epoch}/{distill.epochs}")
+        dev, dev_loss = _dev_scores(task, run.model, run.evals)
+        # Ties on the metric (common on small dev sets) go to the lower dev cross-entropy, not the earlier epoch.
+        score = (dev[selection][metric], -dev_loss[selection])
+        improved = score > run.best["score"]
+        if improved:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+            run.best = {"score": score, "epoch": epoch, "state": state, "dev": dev}
+        print(f"{task.name} epoch {epoch}: train loss {train_loss:.4f}, {selection} {metric} {score[0]:.4f}, "
+              f"{selection} loss {dev_loss[selection]:.4f}" + (" (best)" if improved else ""), file=sys.stderr)
+        run.history.append({"train_loss": train_loss, "dev": dev, "dev_loss": dev_loss})
+        _log_epoch(live, **run.history[-1])
+        if run.checkpoint is not None:
+            run.checkpoint.save(run.model, run.optimizer, run.generator, run.train.device, best=run.best,
+                                history=run.history)
+        if epoch - run.best["epoch"] >= distill.patience:
+            break
+    return epochs_run
+
+
 def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *, student: StudentParams,
                   distill: DistillParams, device: torch.device, seed: int, use_teacher_logits: bool,
                   live_dir: Path | None = None, checkpoint_root: Path | None = None) -> dict:
-    """Train a student (student.arch: the BiLSTM or the CNN) on train_path, select the best epoch on the task's selection split, save it.
+    """Train a student (student.arch: the BiLSTM or the CNN) on train_path, select the best epoch on the task's
+    selection split, save it.
 
     use_teacher_logits=True (student stage): train_path is the labelled transfer set and the loss is
     distill.alpha * CE + (1 - alpha) * logit loss. False (baseline stage): train_path is the raw
@@ -212,91 +292,46 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     start = time.perf_counter()
     seed_everything(seed)
     alpha = distill.alpha if use_teacher_logits else 1.0
-    loss_kind = distill.loss if alpha < 1 else "ce"
     data = prepare_data(task, train_path, dev_dir, student, seed=seed, use_teacher_logits=use_teacher_logits,
                         needs_labels=alpha == 1)
-    vocab, config, matrix, coverage = data.vocab, data.config, data.embeddings, data.coverage
-    train = OnDevice(data.train, device)
-    evals = {split: OnDevice(examples, device) for split, examples in data.evals.items()}
+    vocab, config, coverage = data.vocab, data.config, data.coverage
+    model = build_model(config, pretrained=data.embeddings).to(device)
+    run = _Training(model, make_optimizer(model, distill), torch.Generator().manual_seed(seed),
+                    OnDevice(data.train, device), {split: OnDevice(ex, device) for split, ex in data.evals.items()},
+                    {"score": (-np.inf, -np.inf), "epoch": 0, "state": None, "dev": None}, [],
+                    _checkpoint(task, train_path, dev_dir, student=student, distill=distill, seed=seed,
+                                use_teacher_logits=use_teacher_logits, device=device, root=checkpoint_root))
     del data
-
-    model = build_model(config, pretrained=matrix).to(device)
-    optimizer = make_optimizer(model, distill)
+    _restore(run, task, device)
     batch_size = distill.batch_size or task.student_batch_size
-    generator = torch.Generator().manual_seed(seed)
-    selection, metric = task.selection_split, task.metrics[0]
-
-    best = {"score": (-np.inf, -np.inf), "epoch": 0, "state": None, "dev": None}
-    history: list[dict] = []  # what each epoch logged, so a resumed run's curves are whole
-    checkpoint = None
-    if checkpoint_root is not None:
-        kind = "student" if use_teacher_logits else "baseline"
-        checkpoint = EpochCheckpoint(checkpoint_root, f"{task.name}-{kind}-seed-{seed}", input_key(
-            [train_path, *sorted(p for p in Path(dev_dir).glob("*.parquet"))],
-            {"student": student.model_dump(), "distill": distill.model_dump(), "seed": seed,
-             "use_teacher_logits": use_teacher_logits, "device": device.type}))
-        saved = checkpoint.restore(model, optimizer, generator, device)
-        if saved is not None:
-            best, history = saved["best"], saved["history"]
-            print(f"{task.name}: resuming after epoch {len(history)} from {checkpoint.path}", file=sys.stderr)
-    epochs_run = len(history)
     live = _open_live(live_dir)
     try:
-        for logged in history:
-            _log_epoch(live, **logged)
-        first = len(history) + 1
-        if history and len(history) - best["epoch"] >= distill.patience:
-            first = distill.epochs + 1  # it had already stopped early
-        for epoch in range(first, distill.epochs + 1):
-            epochs_run = epoch
-            batches = train.examples.batches(distill.batching, batch_size, generator)
-            train_loss = train_epoch(model, optimizer, train, batches, alpha=alpha,
-                                      kind=distill.loss, temperature=distill.temperature,
-                                      desc=f"{task.name} epoch {epoch}/{distill.epochs}")
-            dev, dev_loss = {}, {}
-            for split, ex in evals.items():
-                logits = model_logits(model, ex)
-                dev[split] = task_metrics(task, ex.examples.labels, logits.argmax(-1))
-                dev_loss[split] = _cross_entropy(logits, ex.examples.labels)
-            # Ties on the metric (common on small dev sets) go to the lower dev cross-entropy, not the earlier epoch.
-            score = (dev[selection][metric], -dev_loss[selection])
-            improved = score > best["score"]
-            if improved:
-                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                best = {"score": score, "epoch": epoch, "state": state, "dev": dev}
-            print(f"{task.name} epoch {epoch}: train loss {train_loss:.4f}, {selection} {metric} {score[0]:.4f}, "
-                  f"{selection} loss {dev_loss[selection]:.4f}" + (" (best)" if improved else ""), file=sys.stderr)
-            history.append({"train_loss": train_loss, "dev": dev, "dev_loss": dev_loss})
-            _log_epoch(live, **history[-1])
-            if checkpoint is not None:
-                checkpoint.save(model, optimizer, generator, device, best=best, history=history)
-            if epoch - best["epoch"] >= distill.patience:
-                break
+        epochs_run = _epochs(task, run, distill, alpha=alpha, batch_size=batch_size, live=live)
     finally:
         if live is not None:
             live.end()
 
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
-        torch.save(best["state"], tmp / MODEL_FILE)
+        torch.save(run.best["state"], tmp / MODEL_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         vocab.save(tmp / VOCAB_FILE)
-    if checkpoint is not None:
-        checkpoint.finish()
+    if run.checkpoint is not None:
+        run.checkpoint.finish()
 
     counts = count_parameters(model)
     return {
-        **best["dev"],
+        **run.best["dev"],
         "params_all": counts["all"],
         "params_without_embeddings": counts["without_embeddings"],
-        "best_epoch": best["epoch"],
+        "best_epoch": run.best["epoch"],
         "epochs_run": epochs_run,
         "train_seconds": round(time.perf_counter() - start, 1),
-        "train_rows": len(train.examples),
-        "train_rows_with_label": int((train.examples.labels >= 0).sum()),
+        "train_rows": len(run.train.examples),
+        "train_rows_with_label": int((run.train.examples.labels >= 0).sum()),
         "vocab_size": len(vocab),
         "embedding_coverage": None if coverage is None else round(coverage, 4),
         "alpha": alpha,  # the objective actually used: the baseline is always alpha 1, loss "ce"
-        "loss": loss_kind,
+        "loss": distill.loss if alpha < 1 else "ce",
         "batch_size": batch_size,  # resolved: distill.batch_size or the paper's for the task
         "device": str(device),
     }
@@ -320,3 +355,19 @@ def train_epoch(model: StudentClassifier, optimizer: torch.optim.Optimizer, trai
             seen += len(rows)
             bar.update()
     return total.item() / max(seen, 1)
+
+
+def run(task: Task, params: Params, seed: int, distilled: bool) -> None:
+    """The `student` (distilled=True: the teacher's logits on the transfer set) or `baseline` (the hard labels of
+    the training split) stage for one task and seed: models/<kind>/<task>/seed-<n>/ and
+    metrics/<task>/<kind>/seed-<n>/ (run.json and the per-epoch curves), from params.yaml's `student`,
+    `distill` (the baseline: `distill.for_baseline()`) and `device`."""
+    kind = "student" if distilled else "baseline"
+    train_path = paths.labeled_file(task.name) if distilled else paths.raw_dir(task.name) / "train.parquet"
+    run_dir = paths.run_dir(kind, task.name, seed)
+    metrics = train_student(task, train_path, paths.raw_dir(task.name), paths.model_dir(kind, task.name, seed),
+                            student=params.student, distill=params.distill if distilled else params.distill.for_baseline(),
+                            device=resolve_device(params.device), seed=seed, use_teacher_logits=distilled,
+                            live_dir=run_dir, checkpoint_root=paths.cache_dir("student"))
+    write_json({"task": task.name, "seed": seed, **metrics}, run_dir / "run.json")
+    print(f"{kind} {task.name} seed {seed}: {metrics}")
