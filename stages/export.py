@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from stages import paths
 from stages.errors import StageError
-from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet
+from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet, write_json
+from stages.params import EvaluateParams, Params
 from stages.report.metrics import task_metrics
-from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, TOKENIZER_FILE, OnnxStudent
-from stages.predict import ONNX_BACKENDS
-from stages.student import VOCAB_FILE, Student, load_student
+from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, ONNX_BACKENDS, TOKENIZER_FILE, OnnxStudent
+from stages.models.torch_student import VOCAB_FILE, Student, load_student
 from stages.models.student_model import count_parameters
 from stages.data.tasks import Task
 
@@ -154,8 +155,69 @@ def recommended_variant(int8_cost_points: float) -> str:
     return "int8" if int8_cost_points <= INT8_MAX_COST_POINTS else "fp32"
 
 
+def recommended_backend(variant: str) -> str:
+    """The `predict --backend` / `serve --backend` name that runs an ONNX variant."""
+    return next(name for name, v in ONNX_BACKENDS.items() if v == variant)
+
+
 def _pm(stat: dict) -> str:
     return f"{100 * stat['mean']:.2f} ± {100 * stat['sd']:.2f}" if stat.get("sd") is not None else f"{100 * stat['mean']:.2f}"
+
+
+def _card_facts(task: Task, config: dict, comparison: dict, data: dict) -> dict:
+    """The model card's phrases that depend on the task, the architecture and the int8 cost."""
+    cnn = config.get("arch") == "cnn"
+    cost, variant = comparison["int8_cost_points"], comparison["recommended"]
+    model_file = MODEL_FILES[variant]
+    return {
+        "rows": "\n".join(
+            f"| {name} | {100 * r['scores'][task.selection_split][task.metrics[0]]:.2f} | {r['sentences_per_s']:,.0f} | "
+            f"{r['latency_ms_p50']:.2f} / {r['latency_ms_p95']:.2f} |" for name, r in comparison["backends"].items()),
+        "inputs": "`ids_a` and `ids_b` (int64, batch × length each)" if task.is_pair else "`ids` (int64, batch × length)",
+        "splits": ", ".join(f"{s} {info['rows']:,}" for s, info in data["splits"].items()),
+        "cli_example": "$'a first sentence\\ta second sentence'" if task.is_pair else "'a sentence to classify'",
+        "py_example": ('first, second = "a first sentence", "a second sentence"' if task.is_pair
+                       else 'text = "a sentence to classify"'),
+        "name": "CNN" if cnn else "BiLSTM",
+        "shape": (f"CNN (Kim 2014: filter widths {', '.join(map(str, config.get('widths', [])))}, {config.get('maps')} "
+                  "maps each, max over time)" if cnn else f"one-layer BiLSTM (hidden {config['hidden']})"),
+        "int8_effect": f"costs {cost:.2f} points" if cost >= 0 else f"gains {-cost:.2f} points",
+        "backend": recommended_backend(variant),
+        "model_file": model_file,
+        "advice": (f"at most the {INT8_MAX_COST_POINTS} allowed, so use `{model_file}`" if variant == "int8" else
+                   f"more than the {INT8_MAX_COST_POINTS} allowed, so use `{model_file}` (fp32); "
+                   f"`{MODEL_FILES['int8']}` is kept for comparison"),
+    }
+
+
+def _usage(task: Task, f: dict) -> str:
+    """The model card's "How to use" section."""
+    inputs, backend, model_file = f["inputs"], f["backend"], f["model_file"]
+    cli_example, py_example = f["cli_example"], f["py_example"]
+    return f"""## How to use
+
+Files: `model.onnx` (fp32), `model.int8.onnx`, `tokenizer.json` (Hugging Face `tokenizers`), `config.json`.
+The graph takes {inputs}: token ids of one length per batch, so group sentences by length (or send one at a time);
+output `logits` (batch × {task.num_labels}).
+
+```bash
+python -m stages predict --backend {backend} --model <this directory> {cli_example}
+```
+
+```python
+import json, numpy as np, onnxruntime as ort
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file("tokenizer.json")
+config = json.load(open("config.json"))
+session = ort.InferenceSession("{model_file}")
+ids = lambda s: np.array([tok.encode(s, add_special_tokens=False).ids[:config["max_length"]] or [0]])
+{py_example}
+logits = session.run(None, {{{'"ids_a": ids(first), "ids_b": ids(second)' if task.is_pair else '"ids": ids(text)'}}})[0]
+print(config["label_names"][int(logits.argmax())])
+```
+
+Produced by the `export` stage of this repository's DVC pipeline (`dvc repro`); the numbers above are from that run.
+"""
 
 
 def model_card(task: Task, config: dict, seed: int, report: dict, comparison: dict, teacher: dict, data: dict) -> str:
@@ -163,26 +225,9 @@ def model_card(task: Task, config: dict, seed: int, report: dict, comparison: di
     split, metric = task.selection_split, task.metrics[0]
     scores, n = report["scores"], len(report["seeds"])
     exported = scores["student"][split][metric]["seeds"][str(seed)]
-    rows = "\n".join(
-        f"| {name} | {100 * r['scores'][split][metric]:.2f} | {r['sentences_per_s']:,.0f} | "
-        f"{r['latency_ms_p50']:.2f} / {r['latency_ms_p95']:.2f} |" for name, r in comparison["backends"].items())
-    inputs = "`ids_a` and `ids_b` (int64, batch × length each)" if task.is_pair else "`ids` (int64, batch × length)"
-    splits = ", ".join(f"{s} {info['rows']:,}" for s, info in data["splits"].items())
-    cli_example = "$'a first sentence\\ta second sentence'" if task.is_pair else "'a sentence to classify'"
-    py_example = ('first, second = "a first sentence", "a second sentence"' if task.is_pair
-                  else 'text = "a sentence to classify"')
-    cnn = config.get("arch") == "cnn"
-    name = "CNN" if cnn else "BiLSTM"
-    shape = (f"CNN (Kim 2014: filter widths {', '.join(map(str, config.get('widths', [])))}, {config.get('maps')} maps "
-             "each, max over time)" if cnn else f"one-layer BiLSTM (hidden {config['hidden']})")
-    cost = comparison["int8_cost_points"]
-    int8_effect = f"costs {cost:.2f} points" if cost >= 0 else f"gains {-cost:.2f} points"
-    variant = comparison["recommended"]
-    backend = next(name for name, v in ONNX_BACKENDS.items() if v == variant)
-    model_file = MODEL_FILES[variant]
-    advice = (f"at most the {INT8_MAX_COST_POINTS} allowed, so use `{model_file}`" if variant == "int8" else
-              f"more than the {INT8_MAX_COST_POINTS} allowed, so use `{model_file}` (fp32); `{MODEL_FILES['int8']}` is "
-              "kept for comparison")
+    f = _card_facts(task, config, comparison, data)
+    name, shape, rows, splits = f["name"], f["shape"], f["rows"], f["splits"]
+    int8_effect, advice = f["int8_effect"], f["advice"]
     return f"""---
 library_name: onnx
 pipeline_tag: text-classification
@@ -213,35 +258,15 @@ after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task.label_names)}
 ONNX fp32 matches PyTorch to {comparison['max_abs_logit_diff_fp32']:.1e} in the logits on every {split} sentence;
 int8 (onnxruntime dynamic quantisation) {int8_effect} of {split} {metric}: {advice}.
 
-## How to use
-
-Files: `model.onnx` (fp32), `model.int8.onnx`, `tokenizer.json` (Hugging Face `tokenizers`), `config.json`.
-The graph takes {inputs}: token ids of one length per batch, so group sentences by length (or send one at a time);
-output `logits` (batch × {task.num_labels}).
-
-```bash
-python -m stages predict --backend {backend} --model <this directory> {cli_example}
-```
-
-```python
-import json, numpy as np, onnxruntime as ort
-from tokenizers import Tokenizer
-tok = Tokenizer.from_file("tokenizer.json")
-config = json.load(open("config.json"))
-session = ort.InferenceSession("{model_file}")
-ids = lambda s: np.array([tok.encode(s, add_special_tokens=False).ids[:config["max_length"]] or [0]])
-{py_example}
-logits = session.run(None, {{{'"ids_a": ids(first), "ids_b": ids(second)' if task.is_pair else '"ids": ids(text)'}}})[0]
-print(config["label_names"][int(logits.argmax())])
-```
-
-Produced by the `export` stage of this repository's DVC pipeline (`dvc repro`); the numbers above are from that run.
-"""
+{_usage(task, f)}"""
 
 
 def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict,
-                   teacher: dict, data: dict, batch_size: int = 512, throughput_sentences: int = 2000) -> dict:
-    """Write out_dir/{model.onnx, model.int8.onnx, tokenizer.json, config.json, README.md}; return the comparison."""
+                   teacher: dict, data: dict, params: EvaluateParams) -> dict:
+    """Write out_dir/{model.onnx, model.int8.onnx, tokenizer.json, config.json, README.md}; return the comparison.
+
+    config.json is the student's own plus the seed, the graph's inputs, the parameter counts and
+    `recommended_backend` (what serve runs by default)."""
     student = load_student(model_dir, "cpu")
     if str(seed) not in report["scores"]["student"][task.selection_split][task.metrics[0]]["seeds"]:
         raise StageError(f"seed {seed} is not in the evaluate report's seeds {report['seeds']}; rerun evaluate")
@@ -253,7 +278,36 @@ def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *,
         config = {**run, "seed": seed, "inputs": ["ids_a", "ids_b"] if task.is_pair else ["ids"],
                   **{f"params_{k}": v for k, v in count_parameters(student.model).items()}}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        comparison = compare_backends(task, student, tmp, raw_dir, batch_size=batch_size,
-                                      throughput_sentences=throughput_sentences)
+        comparison = compare_backends(task, student, tmp, raw_dir, batch_size=params.batch_size,
+                                      throughput_sentences=params.throughput_sentences)
+        config["recommended_backend"] = recommended_backend(comparison["recommended"])
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data))
     return {"task": task.name, "seed": seed, **comparison}
+
+
+def _read_inputs(metrics_dir: Path) -> dict[str, dict]:
+    """The report, teacher and data JSON files that the model card quotes."""
+    inputs = {}
+    for name in ("report", "teacher", "data"):
+        path = Path(metrics_dir) / f"{name}.json"
+        try:
+            inputs[name] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise StageError(f"cannot read {path} ({e}); run the stages before export first") from None
+    return inputs
+
+
+def run(task: Task, params: Params) -> None:
+    """The `export` stage for one task: models/export/<task>/ and metrics/<task>/export.json, for the first of
+    params.yaml's `seeds`, timed at evaluate.batch_size on evaluate.throughput_sentences sentences."""
+    seed = params.seeds[0]
+    out = paths.metrics_dir(task.name)
+    result = export_student(task, paths.model_dir("student", task.name, seed), paths.raw_dir(task.name),
+                            paths.model_dir("export", task.name), seed=seed, params=params.evaluate,
+                            **_read_inputs(out))
+    write_json(result, out / "export.json")
+    for name, r in result["backends"].items():
+        print(f"{task.name} {name}: {r['scores']} {r['sentences_per_s']:,.0f} sentences/s, "
+              f"batch-1 p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
+    print(f"{task.name} int8 costs {result['int8_cost_points']} points: the card recommends {result['recommended']}")

@@ -18,13 +18,16 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from stages import paths
 from stages.errors import StageError
 from stages.data.locks import RunLock
-from stages.data.io import LABELED_SCHEMA, TRANSFER_SCHEMA, input_key, read_parquet, remove_other_keys, write_parquet
+from stages.data.io import (LABELED_SCHEMA, TRANSFER_SCHEMA, input_key, read_parquet, remove_other_keys, write_json,
+                            write_parquet)
+from stages.params import Params
+from stages.runtime import resolve_device
 from stages.data.tasks import Task
 from stages.models.precision import with_precision
-from stages.models.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
-                                  load_for_classification)
+from stages.models.teacher_model import batch_logits, encode_pairs, length_sorted_batches, load_teacher
 
 if TYPE_CHECKING:
     from stages.ray_labeling import RaySettings
@@ -34,13 +37,6 @@ def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int, precis
     """Hash of everything that decides the logits: the transfer file, the teacher's files, max_length, precision."""
     teacher_files = sorted(p for p in Path(teacher_dir).rglob("*") if p.is_file())
     return input_key([transfer_path, *teacher_files], {"max_length": max_length, "precision": precision})
-
-
-def load_teacher(teacher_dir: Path, device: torch.device):
-    if not (Path(teacher_dir) / "config.json").exists():
-        raise StageError(f"no trained teacher in {teacher_dir}: run the teacher stage first")
-    tokenizer, model = load_for_classification(ResolvedModel(str(teacher_dir), str(teacher_dir), "local path"))
-    return tokenizer, model.to(device).eval()
 
 
 def teacher_num_labels(teacher_dir: Path) -> int:
@@ -69,6 +65,45 @@ def _local_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: 
         yield batch_logits(model, batches, rows.num_rows, device, progress)
 
 
+def _shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: bool, batch_size: int, max_length: int,
+                  device: torch.device, progress, precision: str, ray: "RaySettings | None") -> Iterator[np.ndarray]:
+    """Each pending shard's logits, in order: in this process (ray None) or on Ray (stages/ray_labeling.py)."""
+    if ray is None:
+        return _local_shard_logits(pending, teacher_dir, is_pair=is_pair, batch_size=batch_size,
+                                   max_length=max_length, device=device, progress=progress, precision=precision)
+    from stages.ray_labeling import ray_shard_logits  # only here: the default run never imports Ray
+
+    return ray_shard_logits(pending, teacher_dir, is_pair=is_pair, batch_size=batch_size, max_length=max_length,
+                            settings=ray, progress=progress, precision=precision)
+
+
+def _pending_shards(transfer: pa.Table, cache: Path, shard_rows: int) -> list[tuple[Path, pa.Table]]:
+    """The shards not yet in the cache: (shard file, rows). A shard file is written atomically, so present
+    means complete."""
+    n_shards = -(-transfer.num_rows // shard_rows)
+    pending = []
+    for shard in range(n_shards):
+        shard_path = cache / f"shard-{shard:05d}-of-{n_shards:05d}.parquet"
+        if not shard_path.exists():
+            pending.append((shard_path, transfer.slice(shard * shard_rows, shard_rows)))
+    return pending
+
+
+def _write_labeled(transfer: pa.Table, cache: Path, num_labels: int, out_path: Path) -> np.ndarray:
+    """out_path = the transfer set + the cached shards' logits + their argmax; returns the argmax."""
+    n_rows = transfer.num_rows
+    logits = pa.concat_arrays([
+        chunk for path in sorted(cache.glob("shard-*.parquet")) for chunk in pq.read_table(path)["logits"].chunks
+    ])
+    if len(logits) != n_rows:
+        raise StageError(f"label cache {cache} holds {len(logits)} rows, expected {n_rows}; delete it and rerun")
+    argmax = np.asarray(logits.flatten()).reshape(n_rows, num_labels).argmax(1)
+    table = transfer.append_column(LABELED_SCHEMA.field("logits"), logits).append_column(
+        LABELED_SCHEMA.field("teacher_label"), pa.array(argmax, pa.int64()))
+    write_parquet(table, out_path)
+    return argmax
+
+
 def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *, device: torch.device,
           batch_size: int = 256, shard_rows: int = 16384, max_length: int = 128,
           cache_root: Path = Path("data/cache/label"), precision: str = "fp32",
@@ -91,28 +126,14 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
     cache.mkdir(parents=True, exist_ok=True)
 
     n_rows = transfer.num_rows
-    n_shards = -(-n_rows // shard_rows)
-    start, reused, labeled = time.perf_counter(), 0, 0
+    start, labeled = time.perf_counter(), 0
     with tqdm(total=n_rows, desc=f"label {task.name}", unit="row", smoothing=0.05) as progress:
-        pending = []  # (shard file, rows) still to label
-        for shard in range(n_shards):
-            shard_path = cache / f"shard-{shard:05d}-of-{n_shards:05d}.parquet"
-            rows = transfer.slice(shard * shard_rows, shard_rows)
-            if shard_path.exists():  # written atomically, so present means complete
-                reused += rows.num_rows
-                progress.update(rows.num_rows)
-            else:
-                pending.append((shard_path, rows))
-        if ray is None:
-            shard_logits = _local_shard_logits([rows for _, rows in pending], teacher_dir, is_pair=task.is_pair,
-                                               batch_size=batch_size, max_length=max_length, device=device,
-                                               progress=progress, precision=precision)
-        else:
-            from stages.ray_labeling import ray_shard_logits  # only here: the default run never imports Ray
-
-            shard_logits = ray_shard_logits([rows for _, rows in pending], teacher_dir, is_pair=task.is_pair,
-                                            batch_size=batch_size, max_length=max_length, settings=ray,
-                                            progress=progress, precision=precision)
+        pending = _pending_shards(transfer, cache, shard_rows)  # (shard file, rows) still to label
+        reused = n_rows - sum(rows.num_rows for _, rows in pending)
+        progress.update(reused)
+        shard_logits = _shard_logits([rows for _, rows in pending], teacher_dir, is_pair=task.is_pair,
+                                     batch_size=batch_size, max_length=max_length, device=device,
+                                     progress=progress, precision=precision, ray=ray)
         for (shard_path, rows), logits in zip(pending, shard_logits):
             write_parquet(pa.table({"logits": pa.FixedSizeListArray.from_arrays(logits.ravel(), task.num_labels)
                                     .cast(pa.list_(pa.float32()))}), shard_path)
@@ -120,15 +141,7 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
     seconds = time.perf_counter() - start
     originals = np.asarray(transfer["is_original"])
 
-    logits = pa.concat_arrays([
-        chunk for path in sorted(cache.glob("shard-*.parquet")) for chunk in pq.read_table(path)["logits"].chunks
-    ])
-    if len(logits) != n_rows:
-        raise StageError(f"label cache {cache} holds {len(logits)} rows, expected {n_rows}; delete it and rerun")
-    argmax = np.asarray(logits.flatten()).reshape(n_rows, task.num_labels).argmax(1)
-    table = transfer.append_column(LABELED_SCHEMA.field("logits"), logits).append_column(
-        LABELED_SCHEMA.field("teacher_label"), pa.array(argmax, pa.int64()))
-    write_parquet(table, out_path)
+    argmax = _write_labeled(transfer, cache, task.num_labels, out_path)
     shutil.rmtree(cache, ignore_errors=True)
     lock.release()
     return {
@@ -146,3 +159,19 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
         if originals.any() else None,
     }
 
+
+def run(task: Task, params: Params) -> None:
+    """The `label` stage for one task: data/labeled/<task>.parquet and metrics/<task>/label.json, from params.yaml's
+    `label`, `device` and `teacher.max_length`."""
+    ray = None
+    if params.label.engine == "ray":  # Ray Data actor pool (stages/ray_labeling.py); never imported otherwise
+        from stages.ray_labeling import RaySettings
+
+        ray = RaySettings(address=params.label.ray_address, workers=params.label.ray_workers,
+                          cpus_per_worker=params.label.ray_cpus_per_worker, gpus_per_worker=params.label.ray_gpus_per_worker)
+    summary = label(task, paths.transfer_file(task.name), paths.model_dir("teacher", task.name),
+                    paths.labeled_file(task.name), device=resolve_device(params.device),
+                    batch_size=params.label.batch_size, shard_rows=params.label.shard_rows,
+                    max_length=params.teacher.max_length, precision=params.label.precision, ray=ray)
+    write_json({"task": task.name, **summary}, paths.metrics_dir(task.name) / "label.json")
+    print(f"label {task.name}: {summary}")

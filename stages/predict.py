@@ -10,13 +10,15 @@ file are skipped (training drops empty texts too).
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages import paths
 from stages.errors import StageError
-
-ONNX_BACKENDS = {"onnx": "fp32", "onnx-int8": "int8"}  # backend name -> exported file (onnx_student.MODEL_FILES)
-BACKENDS = ("torch", *ONNX_BACKENDS)
+from stages.models.predictor import Predictor
+from stages.models.registry import load_predictor
 
 
 @dataclass(frozen=True)
@@ -80,23 +82,18 @@ def _is_pair(parts: list[str]) -> bool:
     return len(parts) == 2 and bool(parts[0].strip()) and bool(parts[1].strip())
 
 
-def _load(model_dir: Path, backend: str, device: str):
+def _load(model_dir: Path, backend: str, device: str) -> Predictor:
     if backend == "torch":
-        from stages.runtime import resolve_device
-        from stages.student import load_student
+        from stages.runtime import resolve_device  # imports PyTorch: only for the torch backend
 
-        return load_student(model_dir, resolve_device(device))
-    if backend in ONNX_BACKENDS:
-        from stages.models.onnx_student import OnnxStudent
-
-        return OnnxStudent(model_dir, ONNX_BACKENDS[backend])
-    raise StageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        return load_predictor(model_dir, backend, resolve_device(device))
+    return load_predictor(model_dir, backend)
 
 
 def answer(model_dir: Path, items: list[Item], device: str = "cpu", backend: str = "torch") -> list[dict]:
     """One row per item, in order: {"text", "label", "probabilities"}, or {"input", "error"} for a refused one."""
     student = _load(Path(model_dir), backend, device)
-    label_names, pair = student.config["label_names"], student.config["pair"]
+    label_names, pair = student.labels, student.pair
     checked = []
     for item in items:
         if item.error is None and pair and not _is_pair(item.text.split("\t")):
@@ -119,10 +116,39 @@ def answer(model_dir: Path, items: list[Item], device: str = "cpu", backend: str
     return rows
 
 
-def classify(model_dir: Path, lines: list[str], device: str = "cpu", backend: str = "torch") -> list[dict]:
-    """Texts that are known to be good (e.g. from Python): the answers, or a StageError for the first bad one."""
-    rows = answer(model_dir, read_arguments(lines), device, backend)
-    errors = [row["error"] for row in rows if "error" in row]
-    if errors:
-        raise StageError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
-    return rows
+def _read_items(texts: list[str], file: Path | None) -> list[Item]:
+    """The arguments, then the lines of `file` (- = stdin)."""
+    items = read_arguments(list(texts))
+    if file is not None:
+        try:
+            content = sys.stdin.buffer.read() if str(file) == "-" else Path(file).read_bytes()
+        except OSError as e:
+            raise StageError(f"cannot read {file}: {e.strerror}") from None
+        items += read_lines(content)
+    if not items:
+        raise StageError("nothing to classify: give sentences as arguments or --file")
+    return items
+
+
+def _print_row(row: dict, json_lines: bool) -> None:
+    if json_lines:
+        print(json.dumps(row))
+    elif "error" in row:
+        print(f"ERROR\t{row['error']}")
+    else:
+        probs = "  ".join(f"{name}={p:.3f}" for name, p in row["probabilities"].items())
+        print(f"{row['label']}\t{probs}\t{row['text']}")
+
+
+def run(texts: list[str], model: Path | None, backend: str, file: Path | None, json_lines: bool, device: str) -> None:
+    """`predict`: classify the arguments and the lines of `file`, one printed row each; a StageError after the
+    answers when any input was refused. model None: models/student/rt/seed-1 (torch) or models/export/rt."""
+    items = _read_items(texts, file)
+    if model is None:
+        model = paths.model_dir("student", "rt", 1) if backend == "torch" else paths.model_dir("export", "rt")
+    rows = answer(model, items, device, backend)
+    for row in rows:
+        _print_row(row, json_lines)
+    refused = sum("error" in row for row in rows)
+    if refused:
+        raise StageError(f"{refused} of {len(rows)} input(s) refused (their ERROR rows say why); the others were answered")

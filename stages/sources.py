@@ -13,9 +13,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from stages import paths
 from stages.data import datasets, unlabeled as unlabeled_text
 from stages.data.io import atomic_path
 from stages.data.tasks import TASKS
+from stages.params import Params
 
 
 def write_sources(tasks: list[str], declared: dict[str, datasets.DatasetSpec], out_dir: Path, *,
@@ -36,3 +38,12 @@ def write_sources(tasks: list[str], declared: dict[str, datasets.DatasetSpec], o
             (tmp / f"{name}.json").write_text(json.dumps(description, indent=2) + "\n")
             (tmp / f"{name}.unlabeled.json").write_text(json.dumps(extra[name], indent=2) + "\n")
     return described
+
+
+def run(params: Params) -> None:
+    """The `sources` stage: data/sources/<task>.json and <task>.unlabeled.json for every task in `tasks`."""
+    described = write_sources(params.tasks, params.datasets, paths.sources_dir(),
+                              hub_dir=paths.outside_dir(params.data.hub_dir), unlabeled=params.unlabeled)
+    for name, info in described.items():
+        task = info["task"]
+        print(f"{name}: {info['source']}, text {task['text_columns']}, labels {task['label_names']}")

@@ -8,7 +8,6 @@ the same model, optimiser and selection, so the two differ only in what they lea
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -20,73 +19,22 @@ import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
-from stages.models.batching import DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches
+from stages import paths
 from stages.models.checkpoint import EpochCheckpoint
 from stages.errors import StageError
-from stages.data.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, input_key, read_parquet
+from stages.data.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, input_key, read_parquet, write_json
 from stages.report.metrics import task_metrics
-from stages.params import DistillParams, StudentParams
-from stages.runtime import seed_everything
-from stages.models.cnn_model import CNNClassifier
-from stages.models.student_model import BiLSTMClassifier, StudentClassifier, count_parameters, distill_loss
+from stages.params import DistillParams, Params, StudentParams
+from stages.runtime import resolve_device, seed_everything
+from stages.models.student_model import StudentClassifier, count_parameters, distill_loss
+from stages.models.torch_student import (CONFIG_FILE, MODEL_FILE, VOCAB_FILE, Examples, OnDevice, build_model,
+                                         encode_texts, model_logits)
 from stages.data.tasks import Task
 from stages.models.vocab import Vocab, embedding_dim, load_embeddings
 
-MODEL_FILE, CONFIG_FILE, VOCAB_FILE = "model.pt", "config.json", "tokenizer.json"
-EVAL_BATCH = 512
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass
-class _Examples:
-    a: TokenIds
-    b: TokenIds | None
-    labels: np.ndarray  # int64, -1 = no hard label
-    logits: np.ndarray | None  # float32 (n, num_labels), the teacher's
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def sizes(self) -> np.ndarray:
-        return self.a.lengths + (self.b.lengths if self.b is not None else 0)
-
-    def take(self, rows: np.ndarray) -> _Examples:
-        return _Examples(self.a.take(rows), self.b.take(rows) if self.b is not None else None, self.labels[rows],
-                         self.logits[rows] if self.logits is not None else None)
-
-    def batches(self, batching: str, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
-        if batching == "buckets":
-            return bucket_batches(self.a.steps, batch_size, generator)
-        return sorted_window_batches(self.sizes(), batch_size, generator)
-
-
-class _OnDevice:
-    """Examples moved to the device once; yields each batch's rows and model inputs without host copies."""
-
-    def __init__(self, examples: _Examples, device: torch.device):
-        self.examples, self.device = examples, device
-        self.a = DeviceTokens(examples.a, device)
-        self.b = DeviceTokens(examples.b, device) if examples.b is not None else None
-        self.labels = torch.from_numpy(examples.labels).to(device)
-        self.logits = torch.from_numpy(examples.logits).to(device) if examples.logits is not None else None
-
-    def batches(self, batches: list[np.ndarray]):
-        if not batches:
-            return
-        # every batch's row indices reach the device in one copy per pass, not one per batch
-        flat = torch.from_numpy(np.concatenate(batches)).to(self.device)
-        start = 0
-        for rows in batches:
-            on_device = flat[start:start + len(rows)]
-            start += len(rows)
-            ids_a, len_a = self.a.gather(rows, on_device)
-            inputs = {"ids_a": ids_a, "len_a": len_a}
-            if self.b is not None:
-                ids_b, len_b = self.b.gather(rows, on_device)
-                inputs.update(ids_b=ids_b, len_b=len_b)
-            yield on_device, inputs
 
 
 @dataclass
@@ -162,20 +110,16 @@ def _read_eval(dev_dir: Path, split: str, task: Task) -> _Table:
     return _Table(texts_a, texts_b, _labels(table, task, path), None, np.arange(0))
 
 
-def _encode(table: _Table, vocab: Vocab, max_length: int) -> _Examples:
-    def encode(texts: list[str]) -> TokenIds:
-        return TokenIds.from_lists(vocab.encode_iter(texts, max_length))
-
-    b = encode(table.texts_b) if table.texts_b is not None else None
-    return _Examples(encode(table.texts_a), b, table.labels, table.logits)
+def _encode(table: _Table, vocab: Vocab, max_length: int) -> Examples:
+    return encode_texts(vocab, max_length, table.texts_a, table.texts_b, table.labels, table.logits)
 
 
 @dataclass
 class PreparedData:
     """What a student trains on: the encoded rows, its vocabulary and initial vectors, its config."""
 
-    train: _Examples
-    evals: dict[str, _Examples]
+    train: Examples
+    evals: dict[str, Examples]
     vocab: Vocab
     embeddings: torch.Tensor | None  # (vocab, dim) initial vectors; None for embedding_mode "rand"
     coverage: float | None
@@ -215,25 +159,6 @@ def prepare_data(task: Task, train_path: Path, dev_dir: Path, student: StudentPa
                         vocab, matrix, coverage, config)
 
 
-@torch.inference_mode()
-def _predict_logits(model: StudentClassifier, data: _OnDevice, batch_size: int = EVAL_BATCH,
-                    exact: bool | None = None) -> np.ndarray:
-    """Logits in row order. exact: batches of one first-text length (dense LSTM calls), the faster choice on
-    a CPU (1.2-1.4x, benchmarks/student_throughput.py); False: length-sorted batches of mixed lengths, packed,
-    which cuDNN runs faster (1.4x on an H200: fewer, fuller batches). Neither reads a padded step; None picks
-    by device."""
-    if exact is None:
-        exact = data.device.type == "cpu"
-    model.eval()
-    a, b = data.examples.a, data.examples.b
-    second = b.steps if b is not None else None
-    batches = inference_batches(a.steps, batch_size, exact=exact, second=second)
-    out = torch.zeros((len(data.examples), model.out.out_features), device=data.device)
-    for rows, inputs in data.batches(batches):
-        out[rows] = model(**inputs).float()
-    return out.cpu().numpy()
-
-
 def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean cross-entropy over the labelled rows (NaN when none is labelled)."""
     known = labels >= 0
@@ -245,7 +170,7 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 # --------------------------------------------------------------------------- training
 
 
-def _optimizer(model: StudentClassifier, distill: DistillParams) -> torch.optim.Optimizer:
+def make_optimizer(model: StudentClassifier, distill: DistillParams) -> torch.optim.Optimizer:
     trainable = [p for p in model.parameters() if p.requires_grad]
     # foreach: one multi-tensor kernel per update op instead of one per parameter (~8% faster per step on
     # a 2-core CPU, measured with benchmarks/student_throughput.py; CUDA already defaults to it)
@@ -273,10 +198,89 @@ def _log_epoch(live, train_loss: float, dev: dict, dev_loss: dict) -> None:
     live.next_step()
 
 
+@dataclass
+class _Training:
+    """One training run's state: what an epoch updates and a checkpoint saves."""
+
+    model: StudentClassifier
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    train: OnDevice
+    evals: dict[str, OnDevice]
+    best: dict
+    history: list[dict]  # what each epoch logged, so a resumed run's curves are whole
+    checkpoint: EpochCheckpoint | None
+
+
+def _checkpoint(task: Task, train_path: Path, dev_dir: Path, *, student: StudentParams, distill: DistillParams,
+                seed: int, use_teacher_logits: bool, device: torch.device, root: Path | None) -> EpochCheckpoint | None:
+    """The resumable state's home, keyed by every input and setting that decides the result (None: no resuming)."""
+    if root is None:
+        return None
+    kind = "student" if use_teacher_logits else "baseline"
+    return EpochCheckpoint(root, f"{task.name}-{kind}-seed-{seed}", input_key(
+        [train_path, *sorted(p for p in Path(dev_dir).glob("*.parquet"))],
+        {"student": student.model_dump(), "distill": distill.model_dump(), "seed": seed,
+         "use_teacher_logits": use_teacher_logits, "device": device.type}))
+
+
+def _restore(run: _Training, task: Task, device: torch.device) -> None:
+    if run.checkpoint is None:
+        return
+    saved = run.checkpoint.restore(run.model, run.optimizer, run.generator, device)
+    if saved is not None:
+        run.best, run.history = saved["best"], saved["history"]
+        print(f"{task.name}: resuming after epoch {len(run.history)} from {run.checkpoint.path}", file=sys.stderr)
+
+
+def _dev_scores(task: Task, model: StudentClassifier, evals: dict[str, OnDevice]) -> tuple[dict, dict]:
+    dev, dev_loss = {}, {}
+    for split, ex in evals.items():
+        logits = model_logits(model, ex)
+        dev[split] = task_metrics(task, ex.examples.labels, logits.argmax(-1))
+        dev_loss[split] = _cross_entropy(logits, ex.examples.labels)
+    return dev, dev_loss
+
+
+def _epochs(task: Task, run: _Training, distill: DistillParams, *, alpha: float, batch_size: int, live) -> int:
+    """Train until distill.epochs or early stopping, keeping the best epoch on dev; returns the epochs run."""
+    selection, metric = task.selection_split, task.metrics[0]
+    epochs_run = len(run.history)
+    for logged in run.history:
+        _log_epoch(live, **logged)
+    first = len(run.history) + 1
+    if run.history and len(run.history) - run.best["epoch"] >= distill.patience:
+        first = distill.epochs + 1  # it had already stopped early
+    for epoch in range(first, distill.epochs + 1):
+        epochs_run = epoch
+        batches = run.train.examples.batches(distill.batching, batch_size, run.generator)
+        train_loss = train_epoch(run.model, run.optimizer, run.train, batches, alpha=alpha,
+                                 kind=distill.loss, temperature=distill.temperature,
+                                 desc=f"{task.name} epoch {epoch}/{distill.epochs}")
+        dev, dev_loss = _dev_scores(task, run.model, run.evals)
+        # Ties on the metric (common on small dev sets) go to the lower dev cross-entropy, not the earlier epoch.
+        score = (dev[selection][metric], -dev_loss[selection])
+        improved = score > run.best["score"]
+        if improved:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+            run.best = {"score": score, "epoch": epoch, "state": state, "dev": dev}
+        print(f"{task.name} epoch {epoch}: train loss {train_loss:.4f}, {selection} {metric} {score[0]:.4f}, "
+              f"{selection} loss {dev_loss[selection]:.4f}" + (" (best)" if improved else ""), file=sys.stderr)
+        run.history.append({"train_loss": train_loss, "dev": dev, "dev_loss": dev_loss})
+        _log_epoch(live, **run.history[-1])
+        if run.checkpoint is not None:
+            run.checkpoint.save(run.model, run.optimizer, run.generator, run.train.device, best=run.best,
+                                history=run.history)
+        if epoch - run.best["epoch"] >= distill.patience:
+            break
+    return epochs_run
+
+
 def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *, student: StudentParams,
                   distill: DistillParams, device: torch.device, seed: int, use_teacher_logits: bool,
                   live_dir: Path | None = None, checkpoint_root: Path | None = None) -> dict:
-    """Train a student (student.arch: the BiLSTM or the CNN) on train_path, select the best epoch on the task's selection split, save it.
+    """Train a student (student.arch: the BiLSTM or the CNN) on train_path, select the best epoch on the task's
+    selection split, save it.
 
     use_teacher_logits=True (student stage): train_path is the labelled transfer set and the loss is
     distill.alpha * CE + (1 - alpha) * logit loss. False (baseline stage): train_path is the raw
@@ -288,97 +292,52 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     start = time.perf_counter()
     seed_everything(seed)
     alpha = distill.alpha if use_teacher_logits else 1.0
-    loss_kind = distill.loss if alpha < 1 else "ce"
     data = prepare_data(task, train_path, dev_dir, student, seed=seed, use_teacher_logits=use_teacher_logits,
                         needs_labels=alpha == 1)
-    vocab, config, matrix, coverage = data.vocab, data.config, data.embeddings, data.coverage
-    train = _OnDevice(data.train, device)
-    evals = {split: _OnDevice(examples, device) for split, examples in data.evals.items()}
+    vocab, config, coverage = data.vocab, data.config, data.coverage
+    model = build_model(config, pretrained=data.embeddings).to(device)
+    run = _Training(model, make_optimizer(model, distill), torch.Generator().manual_seed(seed),
+                    OnDevice(data.train, device), {split: OnDevice(ex, device) for split, ex in data.evals.items()},
+                    {"score": (-np.inf, -np.inf), "epoch": 0, "state": None, "dev": None}, [],
+                    _checkpoint(task, train_path, dev_dir, student=student, distill=distill, seed=seed,
+                                use_teacher_logits=use_teacher_logits, device=device, root=checkpoint_root))
     del data
-
-    model = _build(config, pretrained=matrix).to(device)
-    optimizer = _optimizer(model, distill)
+    _restore(run, task, device)
     batch_size = distill.batch_size or task.student_batch_size
-    generator = torch.Generator().manual_seed(seed)
-    selection, metric = task.selection_split, task.metrics[0]
-
-    best = {"score": (-np.inf, -np.inf), "epoch": 0, "state": None, "dev": None}
-    history: list[dict] = []  # what each epoch logged, so a resumed run's curves are whole
-    checkpoint = None
-    if checkpoint_root is not None:
-        kind = "student" if use_teacher_logits else "baseline"
-        checkpoint = EpochCheckpoint(checkpoint_root, f"{task.name}-{kind}-seed-{seed}", input_key(
-            [train_path, *sorted(p for p in Path(dev_dir).glob("*.parquet"))],
-            {"student": student.model_dump(), "distill": distill.model_dump(), "seed": seed,
-             "use_teacher_logits": use_teacher_logits, "device": device.type}))
-        saved = checkpoint.restore(model, optimizer, generator, device)
-        if saved is not None:
-            best, history = saved["best"], saved["history"]
-            print(f"{task.name}: resuming after epoch {len(history)} from {checkpoint.path}", file=sys.stderr)
-    epochs_run = len(history)
     live = _open_live(live_dir)
     try:
-        for logged in history:
-            _log_epoch(live, **logged)
-        first = len(history) + 1
-        if history and len(history) - best["epoch"] >= distill.patience:
-            first = distill.epochs + 1  # it had already stopped early
-        for epoch in range(first, distill.epochs + 1):
-            epochs_run = epoch
-            batches = train.examples.batches(distill.batching, batch_size, generator)
-            train_loss = _train_epoch(model, optimizer, train, batches, alpha=alpha,
-                                      kind=distill.loss, temperature=distill.temperature,
-                                      desc=f"{task.name} epoch {epoch}/{distill.epochs}")
-            dev, dev_loss = {}, {}
-            for split, ex in evals.items():
-                logits = _predict_logits(model, ex)
-                dev[split] = task_metrics(task, ex.examples.labels, logits.argmax(-1))
-                dev_loss[split] = _cross_entropy(logits, ex.examples.labels)
-            # Ties on the metric (common on small dev sets) go to the lower dev cross-entropy, not the earlier epoch.
-            score = (dev[selection][metric], -dev_loss[selection])
-            improved = score > best["score"]
-            if improved:
-                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                best = {"score": score, "epoch": epoch, "state": state, "dev": dev}
-            print(f"{task.name} epoch {epoch}: train loss {train_loss:.4f}, {selection} {metric} {score[0]:.4f}, "
-                  f"{selection} loss {dev_loss[selection]:.4f}" + (" (best)" if improved else ""), file=sys.stderr)
-            history.append({"train_loss": train_loss, "dev": dev, "dev_loss": dev_loss})
-            _log_epoch(live, **history[-1])
-            if checkpoint is not None:
-                checkpoint.save(model, optimizer, generator, device, best=best, history=history)
-            if epoch - best["epoch"] >= distill.patience:
-                break
+        epochs_run = _epochs(task, run, distill, alpha=alpha, batch_size=batch_size, live=live)
     finally:
         if live is not None:
             live.end()
 
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
-        torch.save(best["state"], tmp / MODEL_FILE)
+        torch.save(run.best["state"], tmp / MODEL_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         vocab.save(tmp / VOCAB_FILE)
-    if checkpoint is not None:
-        checkpoint.finish()
+    if run.checkpoint is not None:
+        run.checkpoint.finish()
 
     counts = count_parameters(model)
     return {
-        **best["dev"],
+        **run.best["dev"],
         "params_all": counts["all"],
         "params_without_embeddings": counts["without_embeddings"],
-        "best_epoch": best["epoch"],
+        "best_epoch": run.best["epoch"],
         "epochs_run": epochs_run,
         "train_seconds": round(time.perf_counter() - start, 1),
-        "train_rows": len(train.examples),
-        "train_rows_with_label": int((train.examples.labels >= 0).sum()),
+        "train_rows": len(run.train.examples),
+        "train_rows_with_label": int((run.train.examples.labels >= 0).sum()),
         "vocab_size": len(vocab),
         "embedding_coverage": None if coverage is None else round(coverage, 4),
         "alpha": alpha,  # the objective actually used: the baseline is always alpha 1, loss "ce"
-        "loss": loss_kind,
+        "loss": distill.loss if alpha < 1 else "ce",
         "batch_size": batch_size,  # resolved: distill.batch_size or the paper's for the task
         "device": str(device),
     }
 
 
-def _train_epoch(model: StudentClassifier, optimizer: torch.optim.Optimizer, train: _OnDevice,
+def train_epoch(model: StudentClassifier, optimizer: torch.optim.Optimizer, train: OnDevice,
                  batches: list[np.ndarray], *, alpha: float, kind: str, temperature: float, desc: str) -> float:
     """One pass over `batches`; returns the mean training loss. The loss stays on the device until the
     end of the pass: a `.item()` per step would make every step wait for the device."""
@@ -398,57 +357,17 @@ def _train_epoch(model: StudentClassifier, optimizer: torch.optim.Optimizer, tra
     return total.item() / max(seen, 1)
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _build(config: dict, pretrained: torch.Tensor | None = None) -> StudentClassifier:
-    """The student that config.json describes: the BiLSTM (the paper's), or Kim (2014)'s CNN."""
-    shared = dict(emb_dim=config["emb_dim"], fc=config["fc"], dropout=config["dropout"], pair=config["pair"],
-                  embedding_mode=config["embedding_mode"], pretrained=pretrained)
-    if config.get("arch", "bilstm") == "cnn":
-        return CNNClassifier(config["vocab_size"], config["num_labels"], widths=tuple(config["widths"]),
-                             maps=config["maps"], **shared)
-    return BiLSTMClassifier(config["vocab_size"], config["num_labels"], hidden=config["hidden"], **shared)
-
-
-class Student:
-    """A trained student ready for inference: raw texts in, class probabilities out."""
-
-    def __init__(self, model: StudentClassifier, vocab: Vocab, config: dict, device: torch.device):
-        self.model, self.vocab, self.config, self.device = model.eval(), vocab, config, device
-
-    def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None,
-                       batch_size: int = EVAL_BATCH, exact: bool | None = None) -> np.ndarray:
-        if self.config["pair"] != (texts_b is not None):
-            raise StageError(f"the {self.config['task']} student expects "
-                             + ("sentence pairs" if self.config["pair"] else "single sentences"))
-        if texts_b is not None and len(texts_b) != len(texts_a):
-            raise StageError(f"{len(texts_a)} first sentences but {len(texts_b)} second ones")
-        table = _Table(list(texts_a), list(texts_b) if texts_b is not None else None,
-                       np.full(len(texts_a), -1, np.int64), None, np.arange(0))
-        examples = _encode(table, self.vocab, self.config["max_length"])
-        return _predict_logits(self.model, _OnDevice(examples, self.device), batch_size, exact=exact)
-
-    def predict_proba(self, texts_a: list[str], texts_b: list[str] | None = None,
-                      batch_size: int = EVAL_BATCH) -> np.ndarray:
-        logits = torch.from_numpy(self.predict_logits(texts_a, texts_b, batch_size))
-        return torch.softmax(logits, dim=-1).numpy()
-
-
-def load_student(model_dir: Path, device: torch.device | str = "cpu") -> Student:
-    """Rebuild a saved student from model_dir alone (the pretrained vectors are in its state_dict)."""
-    model_dir, device = Path(model_dir), torch.device(device)
-    missing = [name for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE) if not (model_dir / name).is_file()]
-    if missing:
-        raise StageError(f"{model_dir} is not a saved student (missing {', '.join(missing)}); "
-                         "run the student or baseline stage first")
-    try:
-        config = json.loads((model_dir / CONFIG_FILE).read_text())
-        model = _build(config)
-        model.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise StageError(f"{model_dir} holds a corrupt or incompatible student ({str(e).splitlines()[0]})") from None
-    vocab = Vocab.load(model_dir / VOCAB_FILE)
-    if len(vocab) != config["vocab_size"]:
-        raise StageError(f"{model_dir}: {VOCAB_FILE} has {len(vocab)} words but config.json says {config['vocab_size']}")
-    return Student(model.to(device), vocab, config, device)
+def run(task: Task, params: Params, seed: int, distilled: bool) -> None:
+    """The `student` (distilled=True: the teacher's logits on the transfer set) or `baseline` (the hard labels of
+    the training split) stage for one task and seed: models/<kind>/<task>/seed-<n>/ and
+    metrics/<task>/<kind>/seed-<n>/ (run.json and the per-epoch curves), from params.yaml's `student`,
+    `distill` (the baseline: `distill.for_baseline()`) and `device`."""
+    kind = "student" if distilled else "baseline"
+    train_path = paths.labeled_file(task.name) if distilled else paths.raw_dir(task.name) / "train.parquet"
+    run_dir = paths.run_dir(kind, task.name, seed)
+    metrics = train_student(task, train_path, paths.raw_dir(task.name), paths.model_dir(kind, task.name, seed),
+                            student=params.student, distill=params.distill if distilled else params.distill.for_baseline(),
+                            device=resolve_device(params.device), seed=seed, use_teacher_logits=distilled,
+                            live_dir=run_dir, checkpoint_root=paths.cache_dir("student"))
+    write_json({"task": task.name, "seed": seed, **metrics}, run_dir / "run.json")
+    print(f"{kind} {task.name} seed {seed}: {metrics}")

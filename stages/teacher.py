@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stages import paths
 from stages.errors import StageError
-from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet
+from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet, write_json
 from stages.report.metrics import task_metrics
-from stages.params import TeacherParams
+from stages.params import Params, TeacherParams
+from stages.runtime import resolve_device
 from stages.data.tasks import Task
 from stages.models.teacher_model import encode_pairs, load_for_classification, resolve_model
 
@@ -174,3 +176,20 @@ def launch_data_parallel(processes: int, device: torch.device, stage_args: list[
     if result.returncode != 0:
         raise StageError(f"teacher.processes={processes}: the data-parallel run failed (exit code {result.returncode}); "
                          "see the ranks' errors above")
+
+
+def run(task: Task, params: Params, params_file: Path) -> None:
+    """The `teacher` stage for one task: models/teacher/<task>/ and metrics/<task>/teacher.json (and the DVCLive
+    curves), from params.yaml's `teacher`, `seed` and `device`. With teacher.processes > 1 and not yet launched
+    as ranks, it relaunches itself (`launch_data_parallel`) with the same parameter file."""
+    device = resolve_device(params.device)
+    if params.teacher.processes > 1 and "LOCAL_RANK" not in os.environ:
+        launch_data_parallel(params.teacher.processes, device, ["--task", task.name, "--params", str(params_file)],
+                             params.teacher.batch_size)
+        return
+    metrics = train_teacher(task, paths.raw_dir(task.name), paths.model_dir("teacher", task.name),
+                            params=params.teacher, device=device, seed=params.seed,
+                            live_dir=paths.metrics_dir(task.name) / "teacher_live")
+    if os.environ.get("RANK", "0") == "0":  # the main process writes the metrics
+        write_json({"task": task.name, **metrics}, paths.metrics_dir(task.name) / "teacher.json")
+        print(f"teacher {task.name}: {metrics}")

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from stages.models.cnn_model import CNNClassifier
-from stages.params import DistillParams, StudentParams
-from stages.student import load_student, train_student
+from stages.params import DistillParams, EvaluateParams, StudentParams
+from stages.models.torch_student import load_student
+from stages.student import train_student
 from stages.models.student_model import count_parameters
 from stages.data.tasks import get_task
 from tests.test_export import _report, _train
@@ -97,7 +98,7 @@ def test_cnn_exports_to_onnx(tmp_path, task_name):
     root = _train(task_name, tmp_path, arch="cnn", cnn_maps=8)
     result = export_student(task, root / "student", root / "raw", root / "export", seed=3, report=_report(task, 3, 0.8),
                             teacher={"model": "m", "dev": {m: 0.9 for m in task.metrics}}, data={"splits": {}},
-                            batch_size=16, throughput_sentences=20)
+                            params=EvaluateParams(batch_size=16, throughput_sentences=20))
     assert result["max_abs_logit_diff_fp32"] <= 1e-4
     card = (root / "export" / "README.md").read_text()
     assert f"# {task_name} CNN student" in card and "filter widths 3, 4, 5, 8 maps each" in card

@@ -17,7 +17,7 @@ from stages.download import download
 from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA
 from stages.report.metrics import macro_f1
-from stages.params import load_params
+from stages.params import DataParams, load_params
 from stages.sources import write_sources
 from stages.data.tasks import get_task
 from tests.conftest import REPO, run_cli, write_params
@@ -48,7 +48,7 @@ def spec(**fields) -> DatasetSpec:
 def run_download(name: str, declared: dict, out: Path, **kwargs) -> dict:
     """sources, then download, as the two stages do them (paths relative to the current directory)."""
     write_sources([name], declared, paths.sources_dir(), hub_dir=kwargs.get("hub_dir"))
-    return download(get_task(name), out, source=paths.source_file(name), **kwargs)["splits"]
+    return download(get_task(name), out, DataParams(**kwargs), source=paths.source_file(name))["splits"]
 
 
 def read_raw(out: Path, split: str) -> pd.DataFrame:

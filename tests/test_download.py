@@ -5,6 +5,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from stages.params import DataParams
 from stages.download import clean_rt, download, stratified_split
 from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA
@@ -28,7 +29,7 @@ def read_split(out: Path, split: str) -> pd.DataFrame:
      ("rte", {"train": 2490, "dev": 277, "test": 3000})],
 )
 def test_glue_from_local_copy_has_official_sizes(tmp_path, task, sizes):
-    summary = download(get_task(task), tmp_path / task, glue_dir=str(SHARED_GLUE))["splits"]
+    summary = download(get_task(task), tmp_path / task, DataParams(glue_dir=str(SHARED_GLUE)))["splits"]
     assert {split: info["rows"] for split, info in summary.items()} == sizes
     train = read_split(tmp_path / task, "train")
     assert train["text_b"].isna().all() != get_task(task).is_pair
@@ -39,8 +40,8 @@ def test_raw_files_are_the_same_bytes_whichever_way_the_glue_dir_is_spelled(tmp_
     """A relative glue_dir resolves to an absolute path in a queued experiment's copy: the raw files must not
     record it (nor the pandas version), or DVC would see new raw data and retrain the teacher."""
     monkeypatch.chdir(glue_mirror.parent)
-    download(get_task("qqp"), tmp_path / "relative", glue_dir="glue")
-    download(get_task("qqp"), tmp_path / "absolute", glue_dir=str(glue_mirror.resolve()))
+    download(get_task("qqp"), tmp_path / "relative", DataParams(glue_dir="glue"))
+    download(get_task("qqp"), tmp_path / "absolute", DataParams(glue_dir=str(glue_mirror.resolve())))
     files = sorted(p.name for p in (tmp_path / "relative").glob("*.parquet"))
     assert files == sorted(p.name for p in (tmp_path / "absolute").glob("*.parquet")) and "train.parquet" in files
     for name in files:
@@ -92,7 +93,7 @@ def test_hub_unreachable_without_local_copy_names_the_parameter(tmp_path):
 
 def test_local_glue_dir_layout_is_checked(tmp_path):
     with pytest.raises(StageError, match=r"qqp/train-00000-of-00001\.parquet not found.*data\.glue_dir"):
-        download(get_task("qqp"), tmp_path / "out", glue_dir=str(tmp_path))
+        download(get_task("qqp"), tmp_path / "out", DataParams(glue_dir=str(tmp_path)))
 
 
 def _mirror_with(tmp_path: Path, train: dict) -> Path:
@@ -126,7 +127,7 @@ def test_bad_input_files_fail_clearly_and_write_nothing(tmp_path, train, message
     root = _mirror_with(tmp_path, train)
     out = tmp_path / "raw" / "qqp"
     with pytest.raises(StageError, match=message) as info:
-        download(get_task("qqp"), out, glue_dir=str(root))
+        download(get_task("qqp"), out, DataParams(glue_dir=str(root)))
     assert "train-00000-of-00001.parquet" in str(info.value)
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
@@ -135,17 +136,17 @@ def test_corrupt_parquet_is_named(tmp_path):
     root = _mirror_with(tmp_path, pair_rows("question1", "question2", 6, 2))
     (root / "qqp" / "validation-00000-of-00001.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(StageError, match=r"validation-00000-of-00001\.parquet is not a readable Parquet file"):
-        download(get_task("qqp"), tmp_path / "raw" / "qqp", glue_dir=str(root))
+        download(get_task("qqp"), tmp_path / "raw" / "qqp", DataParams(glue_dir=str(root)))
 
 
 def test_failed_rerun_keeps_the_previous_output(tmp_path):
     root = _mirror_with(tmp_path, pair_rows("question1", "question2", 6, 2))
     out = tmp_path / "raw" / "qqp"
-    download(get_task("qqp"), out, glue_dir=str(root))
+    download(get_task("qqp"), out, DataParams(glue_dir=str(root)))
     before = (out / "train.parquet").read_bytes()
     (root / "qqp" / "test-00000-of-00001.parquet").write_bytes(b"garbage")
     with pytest.raises(StageError):
-        download(get_task("qqp"), out, glue_dir=str(root))
+        download(get_task("qqp"), out, DataParams(glue_dir=str(root)))
     assert (out / "train.parquet").read_bytes() == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["qqp"]  # no temporary left behind
 

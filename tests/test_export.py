@@ -15,8 +15,9 @@ import pytest
 
 from stages.export import export_student, model_card, recommended_variant
 from stages.models.onnx_student import OnnxStudent, length_groups
-from stages.params import DistillParams, StudentParams
-from stages.student import load_student, train_student
+from stages.params import DataParams, DistillParams, EvaluateParams, StudentParams
+from stages.models.torch_student import load_student
+from stages.student import train_student
 from stages.data.tasks import get_task
 from stages.models.vocab import Vocab
 from tests.conftest import REPO, SHARED_GLUE
@@ -59,7 +60,7 @@ def test_tokenizer_ids_equal_the_old_tokenizer_on_every_dev_sentence(task):
 def test_tokenizer_ids_equal_the_old_tokenizer_on_rt(tmp_path):
     from stages.download import download
 
-    download(get_task("rt"), tmp_path)
+    download(get_task("rt"), tmp_path, DataParams())
     train, dev = (pq.read_table(tmp_path / f"{s}.parquet")["text_a"].to_pylist() for s in ("train", "dev"))
     vocab, reference = Vocab.build(train, 50000), old_vocab(train, 50000)
     assert vocab.index == reference
@@ -111,8 +112,8 @@ def test_export_matches_pytorch_and_writes_a_card(tmp_path, task_name):
     teacher = {"model": "all-MiniLM-L6-v2", "dev": {m: 0.9 for m in task.metrics}}
     data = {"splits": {"train": {"rows": 200}, "dev": {"rows": 60}}}
     result = export_student(task, root / "student", root / "raw", root / "export", seed=3,
-                            report=_report(task, 3, 0.8), teacher=teacher, data=data, batch_size=16,
-                            throughput_sentences=50)
+                            report=_report(task, 3, 0.8), teacher=teacher, data=data, params=EvaluateParams(batch_size=16,
+                            throughput_sentences=50))
     files = sorted(p.name for p in (root / "export").iterdir())
     assert files == ["README.md", "config.json", "model.int8.onnx", "model.onnx", "tokenizer.json"]
     assert result["max_abs_logit_diff_fp32"] <= 1e-4 and set(result["backends"]) == {"pytorch", "onnx-fp32", "onnx-int8"}
@@ -144,6 +145,7 @@ def test_export_matches_pytorch_and_writes_a_card(tmp_path, task_name):
     assert ran.returncode == 0 and ran.stdout.strip() in task.label_names, ran.stderr
     config = json.loads((root / "export" / "config.json").read_text())
     assert config["inputs"] == (["ids_a", "ids_b"] if task.is_pair else ["ids"]) and config["label_names"] == list(task.label_names)
+    assert config["recommended_backend"] == backend  # what serve runs by default
 
 
 @pytest.mark.parametrize("cost, variant", [(0.08, "int8"), (0.5, "int8"), (-1.2, "int8"), (0.51, "fp32"), (16.67, "fp32")])
@@ -168,8 +170,8 @@ def test_predict_with_onnx_never_imports_torch(tmp_path):
     task = get_task("rt")
     root = _train("rt", tmp_path)
     export_student(task, root / "student", root / "raw", root / "export", seed=3, report=_report(task, 3, 0.8),
-                   teacher={"model": "m", "dev": {"accuracy": 0.9}}, data={"splits": {}}, batch_size=16,
-                   throughput_sentences=20)
+                   teacher={"model": "m", "dev": {"accuracy": 0.9}}, data={"splits": {}}, params=EvaluateParams(batch_size=16,
+                   throughput_sentences=20))
     script = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
               "from stages.cli import main\n"
               f"sys.argv = ['stages', 'predict', '--backend', 'onnx-int8', '--model', {str(root / 'export')!r}, "

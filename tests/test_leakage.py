@@ -10,6 +10,7 @@ import pytest
 
 from stages import paths
 from stages.data.datasets import DatasetSpec
+from stages.params import DataParams
 from stages.download import clean_rt_counted, download
 from stages.errors import StageError
 from stages.sources import write_sources
@@ -38,7 +39,7 @@ def declare(workdir: Path, files: dict[str, pd.DataFrame | str], **fields) -> di
 
 def run(declared: dict, out: Path, **kwargs) -> dict:
     write_sources(["d"], declared, paths.sources_dir())
-    return download(get_task("d"), out, source=paths.source_file("d"), **kwargs)
+    return download(get_task("d"), out, DataParams(**kwargs), source=paths.source_file("d"))
 
 
 def texts(out: Path, split: str) -> list[str]:
@@ -112,7 +113,7 @@ def test_rt_rule_is_the_shared_rule():
 
 @pytest.mark.skipif(not SHARED_GLUE.exists(), reason="needs ../shared/glue")
 def test_glue_splits_stay_as_published_and_their_overlaps_are_counted(tmp_path):
-    result = download(get_task("sst2"), tmp_path / "sst2", glue_dir=str(SHARED_GLUE))
+    result = download(get_task("sst2"), tmp_path / "sst2", DataParams(glue_dir=str(SHARED_GLUE)))
     assert {s: v["rows"] for s, v in result["splits"].items()} == {"train": 67349, "dev": 872, "test": 1821}
     leakage = result["leakage"]
     assert not leakage["applied"]

@@ -19,7 +19,7 @@ from stages.cli import app
 from stages.errors import StageError
 from stages.export import export_student
 from stages.predict import answer, read_lines
-from stages.params import DistillParams, StudentParams
+from stages.params import DistillParams, EvaluateParams, StudentParams
 from stages.student import train_student
 from stages.models.onnx_student import OnnxStudent
 from stages.data.tasks import get_task
@@ -48,7 +48,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     root = _tiny("rt", tmp_path_factory.mktemp("rt"))
     export_student(get_task("rt"), root / "student", root / "raw", root / "export", seed=3,
                    report=_report(get_task("rt"), 3, 0.8), teacher={"model": "m", "dev": {"accuracy": 0.9}},
-                   data={"splits": {}}, batch_size=16, throughput_sentences=10)
+                   data={"splits": {}}, params=EvaluateParams(batch_size=16, throughput_sentences=10))
     pair = _tiny("mrpc", tmp_path_factory.mktemp("mrpc"))
     return {"torch": root / "student", "onnx": root / "export", "pair": pair / "student"}
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from stages.data.tasks import get_task
+from stages.errors import StageError
 from stages.models.onnx_student import MODEL_FILES, OnnxStudent
 from stages.serving.app import Batching, Limits, create_app, parse_request, recommended_backend
 from stages.serving.batcher import DynamicBatcher
@@ -33,7 +34,7 @@ def _export(root: Path, task_name: str) -> Path:
 
     from stages.export import export_onnx, quantize_int8
     from stages.models.vocab import Vocab
-    from stages.student import Student, _build
+    from stages.models.torch_student import Student, build_model
 
     task = get_task(task_name)
     torch.manual_seed(0)
@@ -43,12 +44,11 @@ def _export(root: Path, task_name: str) -> Path:
               "embedding_mode": "rand", "embeddings": "random", "max_length": 16, "arch": "bilstm"}
     out = root / task_name
     out.mkdir(parents=True)
-    export_onnx(Student(_build(config), vocab, config, torch.device("cpu")), out / "model.onnx")
+    export_onnx(Student(build_model(config), vocab, config, torch.device("cpu")), out / "model.onnx")
     quantize_int8(out / "model.onnx", out / "model.int8.onnx")
     vocab.save(out / "tokenizer.json")
-    (out / "config.json").write_text(json.dumps(config))
-    backend = "onnx-int8" if task.is_pair is False else "onnx"  # as a card would recommend
-    (out / "README.md").write_text(f"```bash\npython -m stages predict --backend {backend} --model <this directory> x\n```\n")
+    backend = "onnx-int8" if task.is_pair is False else "onnx"  # as an export would recommend
+    (out / "config.json").write_text(json.dumps({**config, "recommended_backend": backend}))
     return out
 
 
@@ -168,22 +168,20 @@ def test_parse_request_returns_the_columns():
     assert parse_request(b'{"pairs": [["x", "y"], ["z", "w"]]}', True, Limits()) == (["x", "z"], ["y", "w"])
 
 
-def test_the_default_backend_is_the_real_cards_recommendation():
-    from stages.export import model_card, recommended_variant
-    from tests.test_export import _report
+def test_the_default_backend_is_the_exports_recommendation(tmp_path):
+    from stages.export import recommended_backend as exported, recommended_variant
 
     task = get_task("rt")
-    row = {"scores": {"dev": {"accuracy": 0.7}}, "sentences_per_s": 1.0, "latency_ms_p50": 1.0, "latency_ms_p95": 1.0}
-    config = {"hidden": 8, "fc": 8, "embeddings": "random", "embedding_mode": "rand", "max_length": 16}
+    config = {"task": "rt", "label_names": list(task.label_names), "num_labels": 2, "pair": False, "max_length": 16}
     for cost, backend in [(0.1, "onnx-int8"), (3.0, "onnx")]:
-        comparison = {"backends": {"onnx-int8": row}, "max_abs_logit_diff_fp32": 0.0, "int8_cost_points": cost,
-                      "batch_size": 8, "threads": 1, "recommended": recommended_variant(cost)}
-        card = model_card(task, config, 3, _report(task, 3, 0.8), comparison, {"model": "t", "dev": {"accuracy": 0.9}},
-                          {"splits": {}})
-        directory = Path(pytest.importorskip("tempfile").mkdtemp())
-        (directory / "README.md").write_text(card)
-        assert recommended_backend(directory) == backend
-        shutil.rmtree(directory)
+        (tmp_path / "config.json").write_text(json.dumps({**config, "recommended_backend":
+                                                          exported(recommended_variant(cost))}))
+        assert recommended_backend(tmp_path) == backend
+    (tmp_path / "config.json").write_text(json.dumps(config))  # an export written before the key existed
+    assert recommended_backend(tmp_path) == "onnx"
+    (tmp_path / "config.json").write_text(json.dumps({**config, "recommended_backend": "tensorrt"}))
+    with pytest.raises(StageError, match=r"config\.json: recommended_backend 'tensorrt' is not one of onnx, onnx-int8"):
+        recommended_backend(tmp_path)
 
 
 @pytest.mark.parametrize("task_name", ["rt", "mrpc"])
@@ -196,7 +194,7 @@ def test_one_padded_call_gives_each_rows_own_logits(exports, task_name):
     texts_b = list(reversed(texts_a)) if student.config["pair"] else None
     one_by_one = np.concatenate([student.predict_logits(texts_a[i:i + 1], texts_b[i:i + 1] if texts_b else None)
                                  for i in range(len(texts_a))])
-    assert padded.padded and len(set(student._ids(texts_a)[1].tolist())) > 2
+    assert padded.padded and len(set(student.encode_ids(texts_a)[1].tolist())) > 2
     np.testing.assert_allclose(padded.predict_logits(texts_a, texts_b), one_by_one, atol=1e-5)
 
 

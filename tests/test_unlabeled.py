@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.augment import _cap, augment
+from stages.augment import _cap, augment as run_augment
 from stages.data.dedup import first_occurrences, row_keys
 from stages.data.io import RAW_SCHEMA, TRANSFER_SCHEMA, read_parquet
 from stages.data.tasks import get_task
 from stages.data.unlabeled import UnlabeledSpec, describe, read_unlabeled, recorded_spec
 from stages.errors import StageError
-from stages.params import load_params
+from stages.params import AugmentParams, load_params
 from tests.conftest import write_params
 
 SST2, MRPC = get_task("sst2"), get_task("mrpc")
@@ -26,6 +26,11 @@ def external(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/external").mkdir(parents=True)
     return tmp_path / "data/external"
+
+
+def augment(task, raw_dir, out_path, seed=42, unlabeled=None, **knobs) -> dict:
+    """The stage's function with AugmentParams built from `knobs` (the others as params.yaml has them)."""
+    return run_augment(task, raw_dir, out_path, AugmentParams(**knobs), seed=seed, unlabeled=unlabeled)
 
 
 def _read(spec: dict, n_texts: int = 1, hub_dir=None):

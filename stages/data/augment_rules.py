@@ -16,7 +16,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from stages.errors import StageError
 from stages.data.text import MASK
 
 KEEP, MASKED, REPLACED = 0, 1, 2  # per-word outcome codes in Perturbed.op
@@ -24,26 +23,13 @@ KEEP, MASKED, REPLACED = 0, 1, 2  # per-word outcome codes in Perturbed.op
 
 @dataclass(frozen=True)
 class Rules:
-    p_mask: float = 0.1
-    p_pos: float = 0.1
-    p_ng: float = 0.25
-    ngram_min: int = 1
-    ngram_max: int = 5
+    """The three rules' knobs (params.yaml's `augment`, validated there)."""
 
-    def __post_init__(self) -> None:
-        for name in ("p_mask", "p_pos", "p_ng"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise StageError(f"augment.{name} must be in [0, 1], got {value}")
-        if self.p_mask + self.p_pos > 1:
-            raise StageError(
-                f"augment.p_mask + augment.p_pos must be <= 1, got {self.p_mask} + {self.p_pos}"
-            )
-        if not 1 <= self.ngram_min <= self.ngram_max:
-            raise StageError(
-                "augment.ngram_min must be >= 1 and <= augment.ngram_max, "
-                f"got ngram_min={self.ngram_min}, ngram_max={self.ngram_max}"
-            )
+    p_mask: float
+    p_pos: float
+    p_ng: float
+    ngram_min: int
+    ngram_max: int
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ failure is a 500 with a one-line JSON error, never a traceback.
 from __future__ import annotations
 
 import json
-import re
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,18 +67,22 @@ class PredictResponse(BaseModel):
 
 
 def recommended_backend(export_dir: Path) -> str:
-    """The backend the export's model card recommends (its `predict --backend` line), else onnx (fp32)."""
-    try:
-        card = (Path(export_dir) / "README.md").read_text()
-    except OSError:
-        return "onnx"
-    found = re.search(r"python -m stages predict --backend (onnx(?:-int8)?)\b", card)
-    return found.group(1) if found else "onnx"
+    """The backend the export recommends (config.json's `recommended_backend`, written by the export stage);
+    onnx (fp32) for an export written before that key existed."""
+    from stages.models.onnx_student import CONFIG_FILE, ONNX_BACKENDS, read_config
+
+    path = Path(export_dir) / CONFIG_FILE
+    if not path.is_file():
+        return "onnx"  # the loader then names what the directory lacks
+    backend = read_config(path).get("recommended_backend", "onnx")
+    if backend not in ONNX_BACKENDS:
+        raise StageError(f"{path}: recommended_backend {backend!r} is not one of "
+                         f"{', '.join(ONNX_BACKENDS)}; rerun the export stage")
+    return backend
 
 
 def load_model(export_dir: Path, backend: str, threads: int | None = None):
-    from stages.models.onnx_student import OnnxStudent
-    from stages.predict import ONNX_BACKENDS
+    from stages.models.onnx_student import ONNX_BACKENDS, OnnxStudent
 
     if backend not in ONNX_BACKENDS:
         raise StageError(f"unknown backend {backend!r}; serve runs {' or '.join(ONNX_BACKENDS)}")
@@ -145,19 +148,38 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _load_runner(export_dir: Path, backend: str, threads: int | None):
+    """The export's OnnxStudent and the runner the service calls (one onnxruntime call per batch where it can)."""
+    from stages.models.onnx_student import MODEL_FILES, ONNX_BACKENDS
+    from stages.serving.padded import PaddedStudent
+
+    student = load_model(export_dir, backend, threads)
+    return student, PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads)
+
+
+def _json_errors(app: FastAPI) -> None:
+    """Every error the framework raises becomes a JSON {"error": ...} with its status."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return _error(422, "invalid request")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return _error(500, f"internal error ({type(exc).__name__})")
+
+
 def create_app(export_dir: Path, backend: str | None = None, *, batching: Batching = Batching(),
                limits: Limits = Limits(), threads: int | None = None) -> FastAPI:
     """The service for one export directory; the model is loaded here, before the first request."""
     backend = backend or recommended_backend(export_dir)
-    student = load_model(export_dir, backend, threads)
+    student, runner = _load_runner(export_dir, backend, threads)
     config = student.config
     labels, pair = list(config["label_names"]), bool(config["pair"])
-
-    from stages.models.onnx_student import MODEL_FILES
-    from stages.predict import ONNX_BACKENDS
-    from stages.serving.padded import PaddedStudent
-
-    runner = PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads)
     run = runner.predict_proba  # a batch of mixed lengths in one call where the graph allows
 
     batcher = DynamicBatcher(run, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
@@ -176,17 +198,7 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
     health = {"status": "ok", "task": config["task"], "backend": backend, "labels": labels, "pair": pair,
               "batching": asdict(batching) | {"one_call_per_batch": runner.padded}, "limits": asdict(limits)}
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        return _error(422, "invalid request")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        return _error(500, f"internal error ({type(exc).__name__})")
+    _json_errors(app)
 
     @app.get("/health", summary="The model's task, backend, labels, batching and limits, once loaded")
     async def get_health() -> dict:
