@@ -334,7 +334,8 @@ def serve(
                                          "models/export/<first task in params.yaml>."),
     backend: str = typer.Option(None, "--backend", "-b",
                                 help="onnx (fp32) or onnx-int8; default: the model card's recommendation."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network "
+                                               "and then needs an API key (--api-key-file or $STAGES_API_KEY)."),
     port: int = typer.Option(8000, help="TCP port."),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes, each with its own model and batcher."),
     batching: bool = typer.Option(True, "--batching/--no-batching",
@@ -347,13 +348,25 @@ def serve(
     max_chars: int = typer.Option(2000, min=1, help="Most characters per text (422 beyond)."),
     max_body_bytes: int = typer.Option(1_000_000, min=1, help="Largest request body in bytes (413 beyond)."),
     threads: int = typer.Option(None, min=1, help="onnxruntime threads per model call; default: all cores."),
+    header_timeout: float = typer.Option(10.0, min=0.1, help="Seconds from a connection's opening (or a new "
+                                         "request's first byte) to the end of its headers; then 408 and closed."),
+    body_timeout: float = typer.Option(10.0, min=0.1, help="Seconds from the end of the headers to the end of "
+                                       "the body; then 408 and closed."),
+    keep_alive_timeout: float = typer.Option(5.0, min=0.1, help="An idle kept-alive connection is closed after this."),
+    max_connections: int = typer.Option(1000, min=1, help="Open connections per worker; one more gets a 503 "
+                                        "and is closed at once."),
+    api_key_file: Path = typer.Option(None, help="A file holding the API key that POST /predict requires "
+                                      "(`Authorization: Bearer <key>`); or set $STAGES_API_KEY. Required off "
+                                      "the loopback. Never on the command line."),
+    insecure_no_key: bool = typer.Option(False, "--insecure-no-key", help="Serve beyond the loopback without "
+                                         "an API key (e.g. behind a proxy that authenticates)."),
     params: Path = ParamsOption,
 ) -> None:
     """Serve an exported student over HTTP (FastAPI on uvicorn), without PyTorch.
 
     POST /predict with JSON {"texts": a list of sentences} (pair models: {"pairs": a list of two-sentence
     lists}) -> a label and class probabilities per input, in order; GET /health; GET / a page to try it; GET /docs the OpenAPI page. Bad requests get
-    a 4xx JSON error. SIGTERM (or Ctrl-C) lets in-flight requests finish. See docs/serving.md.
+    a 4xx JSON error; slow clients time out. SIGTERM (or Ctrl-C) lets in-flight requests finish. See docs/serving.md.
     """
     import json
     import os
@@ -364,26 +377,35 @@ def serve(
         import uvicorn
 
         from stages.serving.app import SETTINGS_ENV, Batching, Limits, create_app, recommended_backend
+        from stages.serving.auth import resolve_key
+        from stages.serving.guard import ConnectionLimits, GuardedProtocol, raise_file_limit
     except ImportError as e:
         raise StageError(f"serve needs {e.name}, one of the project's dependencies: pip install -e .") from None
 
     if export_dir is None:
         export_dir = paths.model_dir("export", load_params(params).tasks[0])
     backend = backend or recommended_backend(export_dir)
+    api_key = resolve_key(host, api_key_file, insecure_no_key)
+    connections = ConnectionLimits(header_timeout, body_timeout, keep_alive_timeout, max_connections)
+    raise_file_limit(max_connections)
     knobs = Batching(enabled=batching, max_batch=max_batch, max_wait_ms=max_wait_ms)
     limits = Limits(max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes)
-    service = create_app(export_dir, backend, batching=knobs, limits=limits, threads=threads)  # fails here, not in uvicorn
-    typer.echo(f"serving {export_dir} ({backend}, batching {'on' if batching else 'off'}) on http://{host}:{port}/")
+    service = create_app(export_dir, backend, batching=knobs, limits=limits, threads=threads,  # fails here, not in uvicorn
+                         connections=connections, api_key=api_key)
+    typer.echo(f"serving {export_dir} ({backend}, batching {'on' if batching else 'off'}, "
+               f"{'API key required' if api_key else 'no API key'}) on http://{host}:{port}/")
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler found at start:
     # this one makes that a clean exit (status 0) rather than death by signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    protocol = {"http": GuardedProtocol, "timeout_keep_alive": keep_alive_timeout}
     if workers == 1:
-        uvicorn.run(service, host=host, port=port, log_level="warning")
+        uvicorn.run(service, host=host, port=port, log_level="warning", **protocol)
         return
     os.environ[SETTINGS_ENV] = json.dumps({"export_dir": str(export_dir), "backend": backend, "threads": threads,
-                                           "batching": asdict(knobs), "limits": asdict(limits)})
+                                           "batching": asdict(knobs), "limits": asdict(limits),
+                                           "connections": asdict(connections), "api_key": api_key})
     uvicorn.run("stages.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning")
+                log_level="warning", **protocol)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
