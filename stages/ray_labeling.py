@@ -173,22 +173,26 @@ def ray_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: boo
         cpus = cpus_per_worker(settings, [n["Resources"].get("CPU", 0.0) for n in alive])
         threads = max(1, int(np.ceil(cpus)))
         orders = [_length_order(t) for t in pending]  # each shard sorted by length; put back in order below
-        rows = pa.concat_tables([t.select(["text_a", "text_b"]).take(order) for t, order in zip(pending, orders)])
-        n = rows.num_rows
-        # blocks large enough to sort by length (little padding), small enough to keep every actor busy
-        block = int(min(max(t.num_rows for t in pending), max(batch_size, -(-n // (4 * settings.workers)))))
+        shards = [t.select(["text_a", "text_b"]).take(order) for t, order in zip(pending, orders)]
+        n = sum(t.num_rows for t in pending)
+        # One block = one model batch of batch_size rows of similar length, cut within a shard: a shard's blocks
+        # are the same whichever shards are left to do, so a resumed run's logits are those of an uninterrupted one.
+        blocks = [t.slice(start, batch_size) for t in shards for start in range(0, t.num_rows, batch_size)]
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # logits must come back in row order
         context.enable_progress_bars = False
         # blocks cut here, not by .repartition(): that is a Ray Data task wanting a whole CPU, which never
         # starts while the actors hold more than half of a 2-core node
-        dataset = ray.data.from_arrow([rows.slice(start, block) for start in range(0, n, block)])
+        dataset = ray.data.from_arrow(blocks)
         logits = dataset.map_batches(
-            _TeacherActor, batch_size=block, batch_format="pyarrow", zero_copy_batch=True,
+            _TeacherActor, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,  # a block at a time
             fn_constructor_kwargs=dict(teacher_files=_teacher_source(teacher_dir, alive), is_pair=is_pair,
                                        batch_size=batch_size, max_length=max_length, threads=threads,
                                        precision=precision),
-            compute=ray.data.ActorPoolStrategy(size=settings.workers), num_cpus=cpus, num_gpus=settings.gpus_per_worker or None)
+            compute=ray.data.ActorPoolStrategy(size=settings.workers), num_cpus=cpus, num_gpus=settings.gpus_per_worker or None,
+            # a dead actor is not restarted nor its block retried: the stage stops with one error line and keeps
+            # its finished shards, and a rerun labels the rest (rather than reloading the teacher in a loop)
+            max_restarts=0, max_task_retries=0)
         sizes, shard_orders = iter(t.num_rows for t in pending), iter(orders)
         want, parts, have = next(sizes), [], 0
         for batch in _stream(logits):
