@@ -2,6 +2,7 @@
 
     python benchmarks/serve_load.py [--task rt] [--export-dir models/export/rt] [--dev data/raw/rt/dev.parquet]
                                     [--requests 2000] [--concurrency 1,8,64] [--texts-per-request 1]
+                                    [--open-loop-fraction 0.7] [--modes on,off]
 
 Starts two `python -m stages serve` processes on free ports of 127.0.0.1 (one with --batching, one with
 --no-batching, the same export and backend), then for each concurrency sends a fixed number of POST /predict
@@ -14,6 +15,14 @@ benchmarks/results/serve-<task>.json. Then the same load without HTTP (the model
 batching gains on the model alone. The servers' CPU time per sentence (/proc) is reported beside the wall-clock rates:
 on a CPU shared with other work it says what batching saves, whatever share of the CPU each server got.
 The load generator runs in this process, on the same CPU as the servers.
+
+Open loop (--open-loop-fraction F, default 0.7; 0 skips it): after the closed-loop cells, each server gets
+requests at a fixed arrival rate, F times the requests/s it sustained at the highest concurrency. Request i is
+due at start + i / rate and is sent on an idle keep-alive connection (a new one is opened when none is idle);
+its latency counts from when it was due, not from when it was sent, so a generator or server that falls behind
+is charged for it (no coordinated omission). Every answer's `Server-Timing: app;dur=` header (the time the
+request spent inside the app: body, queue, model, JSON) is collected beside the client's latency: the gap
+between the two is uvicorn's parsing, the event loop's queue and the load generator itself.
 """
 
 from __future__ import annotations
@@ -76,31 +85,81 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _connection(port: int, bodies: list[bytes], counter, total: int, latencies: list[float]) -> None:
+def _request(body: bytes) -> bytes:
+    return (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
+async def _exchange(reader, writer, body: bytes, i: int) -> float:
+    """Send one request and read its answer; the app's own time (ms) from its Server-Timing header."""
+    writer.write(_request(body))
+    head = await reader.readuntil(b"\r\n\r\n")
+    headers = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+    headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+    answer = await reader.readexactly(int(headers[b"content-length"]))
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"request {i}: {head.splitlines()[0]!r} {answer[:200]!r}")
+    timing = headers.get(b"server-timing", b"")
+    return float(timing.split(b"dur=")[1]) if b"dur=" in timing else float("nan")
+
+
+async def _connection(port: int, bodies: list[bytes], counter, total: int, latencies: list[float],
+                      app_ms: list[float]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while (i := next(counter)) < total:
-            body = bodies[i % len(bodies)]
-            request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: %d\r\n\r\n" % len(body)) + body
             start = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
-            answer = await reader.readexactly(length)
+            app_ms.append(await _exchange(reader, writer, bodies[i % len(bodies)], i))
             latencies.append(time.perf_counter() - start)
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"request {i}: {head.splitlines()[0]!r} {answer[:200]!r}")
     finally:
         writer.close()
 
 
-async def load(port: int, bodies: list[bytes], total: int, concurrency: int) -> tuple[float, np.ndarray]:
-    counter, latencies = itertools.count(), []
+async def load(port: int, bodies: list[bytes], total: int, concurrency: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Closed loop: `concurrency` connections, each sending its next request when its answer is in."""
+    counter, latencies, app_ms = itertools.count(), [], []
     start = time.perf_counter()
-    await asyncio.gather(*(_connection(port, bodies, counter, total, latencies) for _ in range(concurrency)))
-    return time.perf_counter() - start, 1000 * np.array(latencies)
+    await asyncio.gather(*(_connection(port, bodies, counter, total, latencies, app_ms) for _ in range(concurrency)))
+    return time.perf_counter() - start, 1000 * np.array(latencies), np.array(app_ms)
+
+
+async def open_loop(port: int, bodies: list[bytes], total: int, rate: float, preopen: int = 64,
+                    most: int = 256) -> tuple[float, np.ndarray, np.ndarray, int]:
+    """Open loop: request i is due at start + i / rate, sent on an idle connection (a new one when none is idle,
+    up to `most`; past that it waits for one); latency counts from when it was due. Returns (seconds,
+    latencies ms, app ms, connections used)."""
+    loop = asyncio.get_running_loop()
+    idle = asyncio.Queue()
+    for _ in range(preopen):
+        idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    opened, latencies, app_ms = preopen, [], []
+
+    async def one(i: int, due: float) -> None:
+        nonlocal opened
+        if idle.empty() and opened < most:
+            opened += 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        else:
+            reader, writer = await idle.get()
+        app_ms.append(await _exchange(reader, writer, bodies[i % len(bodies)], i))
+        latencies.append(loop.time() - due)
+        idle.put_nowait((reader, writer))
+
+    tasks, start = [], loop.time()
+    for i in range(total):
+        due = start + i / rate
+        if due > loop.time():
+            await asyncio.sleep(due - loop.time())
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    seconds = loop.time() - start
+    while not idle.empty():
+        idle.get_nowait()[1].close()
+    return seconds, 1000 * np.array(latencies), np.array(app_ms), opened
+
+
+def _percentiles(ms: np.ndarray, prefix: str = "latency_ms") -> dict:
+    return {f"{prefix}_p{q}": round(float(np.nanpercentile(ms, q)), 3) for q in (50, 95, 99)}
 
 
 def batcher_alone(export_dir: Path, backend: str, items: list, total: int, concurrency: int, enabled: bool,
@@ -147,6 +206,10 @@ def main(
     concurrency: str = typer.Option("1,8,64", help="Comma-separated numbers of concurrent connections."),
     texts_per_request: int = typer.Option(1, help="Sentences (or pairs) per request."),
     serve_args: str = typer.Option("", help="Extra `serve` options for both servers, e.g. '--max-wait-ms 1'."),
+    modes: str = typer.Option("on,off", help="Which servers to start: batching on, off, or both."),
+    open_loop_fraction: float = typer.Option(0.7, help="Open loop at this fraction of each server's closed-loop "
+                                                       "requests/s at the highest concurrency; 0: no open loop."),
+    without_http: bool = typer.Option(True, help="Also time the model and batcher alone, without HTTP (both modes)."),
     out: Path = typer.Option(None, help="JSON output (default benchmarks/results/serve-<task>.json)."),
 ) -> None:
     task = task or load_params(REPO / "params.yaml").tasks[0]
@@ -158,9 +221,9 @@ def main(
 
     table = pq.read_table(dev).to_pydict()
     texts_a, texts_b = table["text_a"], table.get("text_b")
-    servers = {mode: start_server(export_dir, backend, mode == "on", serve_args.split()) for mode in ("on", "off")}
+    servers = {mode: start_server(export_dir, backend, mode == "on", serve_args.split()) for mode in modes.split(",")}
     try:
-        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{servers['on'][1]}/health").read())
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{next(iter(servers.values()))[1]}/health").read())
         pair = health["pair"]
         items = [[a, b] for a, b in zip(texts_a, texts_b)] if pair else list(texts_a)
         bodies = [json.dumps({"pairs" if pair else "texts": items[i:i + texts_per_request]}).encode()
@@ -171,27 +234,48 @@ def main(
         for c in levels:
             for mode, (proc, port) in servers.items():  # on, then off, at each concurrency: side by side
                 cpu, calls = cpu_seconds(proc.pid), _health(port)["model_calls"]
-                seconds, ms = asyncio.run(load(port, bodies, requests, c))
+                seconds, ms, app_ms = asyncio.run(load(port, bodies, requests, c))
                 cpu, calls = cpu_seconds(proc.pid) - cpu, _health(port)["model_calls"] - calls
                 cell = {"concurrency": c, "batching": mode, "requests": requests,
                         "requests_per_s": round(requests / seconds, 1),
                         "sentences_per_s": round(requests * texts_per_request / seconds, 1),
-                        **{f"latency_ms_p{q}": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)},
+                        **_percentiles(ms), **_percentiles(app_ms, "app_ms"),
                         "server_cpu_ms_per_sentence": round(1000 * cpu / (requests * texts_per_request), 3),
                         "sentences_per_model_call": round(requests * texts_per_request / calls, 2)}
                 cells.append(cell)
                 print(f"  concurrency {c:>3}, batching {mode:>3}: {cell['requests_per_s']:>8,.1f} req/s "
-                      f"p50 {cell['latency_ms_p50']:.2f} ms", flush=True)
+                      f"p50 {cell['latency_ms_p50']:.2f} ms p99 {cell['latency_ms_p99']:.2f} ms "
+                      f"(in the app: p50 {cell['app_ms_p50']:.2f}, p99 {cell['app_ms_p99']:.2f})", flush=True)
+        top = max(levels)
+        opened = []
+        for mode, (proc, port) in servers.items() if open_loop_fraction > 0 else ():
+            closed = next(c for c in cells if c["concurrency"] == top and c["batching"] == mode)
+            rate = open_loop_fraction * closed["requests_per_s"]
+            cpu, calls = cpu_seconds(proc.pid), _health(port)["model_calls"]
+            seconds, ms, app_ms, used = asyncio.run(open_loop(port, bodies, requests, rate))
+            cpu, calls = cpu_seconds(proc.pid) - cpu, _health(port)["model_calls"] - calls
+            cell = {"batching": mode, "fraction_of_max": open_loop_fraction, "of_closed_loop_requests_per_s":
+                    closed["requests_per_s"], "rate": round(rate, 1), "requests": requests,
+                    "achieved_requests_per_s": round(requests / seconds, 1), "connections_used": used,
+                    **_percentiles(ms), **_percentiles(app_ms, "app_ms"),
+                    "server_cpu_ms_per_sentence": round(1000 * cpu / (requests * texts_per_request), 3),
+                    "sentences_per_model_call": round(requests * texts_per_request / calls, 2)}
+            opened.append(cell)
+            print(f"  open loop at {rate:,.1f} req/s ({open_loop_fraction:.0%} of {closed['requests_per_s']:,.1f}), "
+                  f"batching {mode}: p50 {cell['latency_ms_p50']:.2f} p95 {cell['latency_ms_p95']:.2f} "
+                  f"p99 {cell['latency_ms_p99']:.2f} ms (in the app: p99 {cell['app_ms_p99']:.2f})", flush=True)
     finally:
         for proc, _ in servers.values():
             proc.send_signal(signal.SIGTERM)
         for proc, _ in servers.values():
             proc.wait(timeout=30)
 
-    top = max(levels)
     knobs = health["batching"]
-    alone = {mode: round(batcher_alone(export_dir, health["backend"], items, requests, top, mode == "on",
-                                       knobs["max_batch"], knobs["max_wait_ms"]), 1) for mode in ("on", "off")}
+    both = set(servers) == {"on", "off"}
+    alone = {}
+    if without_http and both:
+        alone = {mode: round(batcher_alone(export_dir, health["backend"], items, requests, top, mode == "on",
+                                           knobs["max_batch"], knobs["max_wait_ms"]), 1) for mode in ("on", "off")}
 
     variant = "onnx-int8" if health["backend"] == "onnx-int8" else "onnx-fp32"
     model_p50 = None
@@ -199,30 +283,53 @@ def main(
         model_p50 = json.loads(export_json.read_text())["backends"][variant]["latency_ms_p50"]
     get = {(c["concurrency"], c["batching"]): c for c in cells}
     low = min(levels)
-    ratio = get[top, "on"]["sentences_per_s"] / get[top, "off"]["sentences_per_s"]
-    cpu_ratio = get[top, "off"]["server_cpu_ms_per_sentence"] / max(get[top, "on"]["server_cpu_ms_per_sentence"], 1e-9)
-    goals = {f"batching_speedup_at_{top}": round(ratio, 2), f"server_cpu_saving_at_{top}": round(cpu_ratio, 2),
-             "batching_speedup_goal": 3.0,
-             "batching_speedup_met": ratio >= 3.0}
-    if model_p50 is not None and low == 1:
+    goals = {}
+    if both:
+        ratio = get[top, "on"]["sentences_per_s"] / get[top, "off"]["sentences_per_s"]
+        cpu_ratio = get[top, "off"]["server_cpu_ms_per_sentence"] / max(get[top, "on"]["server_cpu_ms_per_sentence"], 1e-9)
+        goals |= {f"batching_speedup_at_{top}": round(ratio, 2), f"server_cpu_saving_at_{top}": round(cpu_ratio, 2),
+                  "batching_speedup_goal": 3.0, "batching_speedup_met": ratio >= 3.0}
+    if (top, "on") in get:  # the tail at the highest concurrency, closed loop: p99 <= 3x p50
+        tail = get[top, "on"]["latency_ms_p99"] / get[top, "on"]["latency_ms_p50"]
+        goals |= {f"closed_loop_p99_over_p50_at_{top}": round(tail, 2), "closed_loop_tail_goal": 3.0,
+                  "closed_loop_tail_met": tail <= 3.0}
+    for cell in opened:
+        if cell["batching"] == "on":  # open loop at 70% of the maximum: p99 <= 25 ms
+            goals |= {"open_loop_p99_ms": cell["latency_ms_p99"], "open_loop_p99_goal_ms": 25.0,
+                      "open_loop_p99_met": cell["latency_ms_p99"] <= 25.0}
+    if model_p50 is not None and low == 1 and (1, "on") in get:
         gap = get[1, "on"]["latency_ms_p50"] - model_p50
         goals |= {"model_batch1_p50_ms": model_p50, "served_p50_ms_at_1": get[1, "on"]["latency_ms_p50"],
                   "p50_over_model_ms": round(gap, 3), "p50_goal_ms": 1.0, "p50_goal_met": gap <= 1.0}
 
     print(f"\n{health['task']} ({health['backend']}), {requests} requests per cell, {texts_per_request} "
           f"sentence(s) per request, {os.cpu_count()} CPUs")
-    print("| concurrency | batching | requests/s | sentences/s | p50 ms | p95 ms | p99 ms | server CPU ms/sentence "
-          "| sentences/model call |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| concurrency | batching | requests/s | sentences/s | p50 ms | p95 ms | p99 ms | in-app p50 / p99 ms "
+          "| server CPU ms/sentence | sentences/model call |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c in cells:
         print(f"| {c['concurrency']} | {c['batching']} | {c['requests_per_s']:,.1f} | {c['sentences_per_s']:,.1f} | "
               f"{c['latency_ms_p50']:.2f} | {c['latency_ms_p95']:.2f} | {c['latency_ms_p99']:.2f} | "
+              f"{c['app_ms_p50']:.2f} / {c['app_ms_p99']:.2f} | "
               f"{c['server_cpu_ms_per_sentence']:.3f} | {c['sentences_per_model_call']:.1f} |")
-    print(f"\nat concurrency {top}: batching on / off = {ratio:.2f}x sentences/s (goal >= 3x: "
-          f"{'met' if goals['batching_speedup_met'] else 'missed'}); server CPU per sentence off / on = "
-          f"{cpu_ratio:.2f}x")
-    print(f"without HTTP (the model and batcher alone, in this process, concurrency {top}): batching on "
-          f"{alone['on']:,.1f} sentences/s, off {alone['off']:,.1f}: {alone['on'] / alone['off']:.2f}x")
+    for c in opened:
+        print(f"| open loop {c['rate']:,.1f}/s | {c['batching']} | {c['achieved_requests_per_s']:,.1f} | | "
+              f"{c['latency_ms_p50']:.2f} | {c['latency_ms_p95']:.2f} | {c['latency_ms_p99']:.2f} | "
+              f"{c['app_ms_p50']:.2f} / {c['app_ms_p99']:.2f} | "
+              f"{c['server_cpu_ms_per_sentence']:.3f} | {c['sentences_per_model_call']:.1f} |")
+    if both:
+        print(f"\nat concurrency {top}: batching on / off = {ratio:.2f}x sentences/s (goal >= 3x: "
+              f"{'met' if goals['batching_speedup_met'] else 'missed'}); server CPU per sentence off / on = "
+              f"{cpu_ratio:.2f}x")
+    if "closed_loop_tail_met" in goals:
+        print(f"closed loop at concurrency {top}, batching on: p99 / p50 = {goals[f'closed_loop_p99_over_p50_at_{top}']:.2f}"
+              f" (goal <= 3: {'met' if goals['closed_loop_tail_met'] else 'missed'})")
+    if "open_loop_p99_met" in goals:
+        print(f"open loop at {open_loop_fraction:.0%} of the maximum, batching on: p99 {goals['open_loop_p99_ms']:.2f} ms "
+              f"(goal <= 25 ms: {'met' if goals['open_loop_p99_met'] else 'missed'})")
+    if alone:
+        print(f"without HTTP (the model and batcher alone, in this process, concurrency {top}): batching on "
+              f"{alone['on']:,.1f} sentences/s, off {alone['off']:,.1f}: {alone['on'] / alone['off']:.2f}x")
     if "p50_goal_met" in goals:
         print(f"at concurrency 1: p50 {goals['served_p50_ms_at_1']:.3f} ms against the model's own batch-1 p50 "
               f"{model_p50:.3f} ms: {goals['p50_over_model_ms']:+.3f} ms (goal <= 1 ms: "
@@ -230,10 +337,10 @@ def main(
     result = {"task": health["task"], "backend": health["backend"], "export_dir": str(export_dir), "dev": str(dev),
               "texts_per_request": texts_per_request, "requests_per_cell": requests, "serve_args": serve_args,
               "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "python": platform.python_version()},
-              "batching_knobs": health["batching"], "cells": cells, "goals": goals,
-              "without_http": {"concurrency": top, "sentences_per_s": alone,
-                               "speedup": round(alone["on"] / alone["off"], 2)}}
+                          "python": platform.python_version(), "load_average_at_end": os.getloadavg()},
+              "batching_knobs": health["batching"], "cells": cells, "open_loop": opened, "goals": goals,
+              "without_http": alone and {"concurrency": top, "sentences_per_s": alone,
+                                         "speedup": round(alone["on"] / alone["off"], 2)}}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -190,7 +190,8 @@ def serve(
                                          "models/export/<first task in params.yaml>."),
     backend: str = typer.Option(None, "--backend", "-b",
                                 help="onnx (fp32) or onnx-int8; default: the export's recommendation (config.json)."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the service to the network "
+                                               "and then needs an API key (--api-key-file or $STAGES_API_KEY)."),
     port: int = typer.Option(8000, help="TCP port."),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes, each with its own model and batcher."),
     batching: bool = typer.Option(True, "--batching/--no-batching",
@@ -206,16 +207,29 @@ def serve(
     max_body_bytes: int = typer.Option(None, min=1, help="Largest request body in bytes, 413 beyond "
                                        "(default: Limits')."),
     threads: int = typer.Option(None, min=1, help="onnxruntime threads per model call; default: all cores."),
+    header_timeout: float = typer.Option(10.0, min=0.1, help="Seconds from a connection's opening (or a new "
+                                         "request's first byte) to the end of its headers; then 408 and closed."),
+    body_timeout: float = typer.Option(10.0, min=0.1, help="Seconds from the end of the headers to the end of "
+                                       "the body; then 408 and closed."),
+    keep_alive_timeout: float = typer.Option(5.0, min=0.1, help="An idle kept-alive connection is closed after this."),
+    max_connections: int = typer.Option(1000, min=1, help="Open connections per worker; one more gets a 503 "
+                                        "and is closed at once."),
+    api_key_file: Path = typer.Option(None, help="A file holding the API key that POST /predict requires "
+                                      "(`Authorization: Bearer <key>`); or set $STAGES_API_KEY. Required off "
+                                      "the loopback. Never on the command line."),
+    insecure_no_key: bool = typer.Option(False, "--insecure-no-key", help="Serve beyond the loopback without "
+                                         "an API key (e.g. behind a proxy that authenticates)."),
     params: Path = ParamsOption,
 ) -> None:
     """Serve an exported student over HTTP (FastAPI on uvicorn), without PyTorch.
 
     POST /predict with JSON {"texts": a list of sentences} (pair models: {"pairs": a list of two-sentence
     lists}) -> a label and class probabilities per input, in order; GET /health; GET / a page to try it; GET /docs the OpenAPI page. Bad requests get
-    a 4xx JSON error. SIGTERM (or Ctrl-C) lets in-flight requests finish. See docs/serving.md.
+    a 4xx JSON error; slow clients time out. SIGTERM (or Ctrl-C) lets in-flight requests finish. See docs/serving.md.
     """
     try:
         from stages.serving.app import Batching, Limits
+        from stages.serving.guard import ConnectionLimits
         from stages.serving.server import serve as run_server
     except ImportError as e:
         raise StageError(f"serve needs {e.name}, one of the project's dependencies: pip install -e .") from None
@@ -225,7 +239,9 @@ def serve(
     run_server(export_dir or paths.model_dir("export", load_params(params).tasks[0]), backend, host=host, port=port,
                workers=workers, batching=Batching(enabled=batching, **given(max_batch=max_batch, max_wait_ms=max_wait_ms)),
                limits=Limits(**given(max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes)),
-               threads=threads)
+               threads=threads, connections=ConnectionLimits(header_timeout, body_timeout, keep_alive_timeout,
+                                                             max_connections),
+               api_key_file=api_key_file, insecure_no_key=insecure_no_key)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

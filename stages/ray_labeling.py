@@ -8,7 +8,12 @@ teacher once, and come back in row order; every time a shard's worth of rows is 
 label.py, which writes it atomically, so a killed run keeps what it finished.
 
 The teacher's files travel to the actors through the object store too: a worker node needs the project's
-Python environment, not its checkout.
+Python environment, not its checkout. An actor on a node that sees the teacher's directory itself (the driver's
+own node: a one-machine Ray) reads it from disk instead, once its files' sizes and times match the driver's.
+
+Rows are sorted by length (characters) within each shard before they are cut into blocks, and the logits put
+back in row order when the shard is complete: a block then holds rows of similar length, so its batches are
+padded as little as the local engine's, which sorts a whole shard by token length.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stages.errors import StageError
 
@@ -60,12 +66,18 @@ class _TeacherActor:
         from stages.models.teacher_model import ResolvedModel, load_for_classification
 
         torch.set_num_threads(threads)
-        self.dir = tempfile.mkdtemp(prefix="teacher-")
-        files = ray.get(teacher_files) if isinstance(teacher_files, ray.ObjectRef) else teacher_files
-        for name, data in files.items():
-            path = Path(self.dir) / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        local_dir, stamp, files = teacher_files
+        if _stamp(local_dir) == stamp:  # this node sees the driver's files: read them there
+            self.dir = local_dir
+        elif files is None:
+            raise RuntimeError(f"the teacher {local_dir} is not on this actor's node, nor in the object store")
+        else:
+            self.dir = tempfile.mkdtemp(prefix="teacher-")
+            files = ray.get(files) if isinstance(files, ray.ObjectRef) else files
+            for name, data in files.items():
+                path = Path(self.dir) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
         use_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.tokenizer, model = load_for_classification(ResolvedModel(self.dir, self.dir, "local path"))
@@ -85,6 +97,35 @@ class _TeacherActor:
 def _teacher_files(teacher_dir: Path) -> dict[str, bytes]:
     root = Path(teacher_dir)
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _stamp(teacher_dir) -> list | None:
+    """(name, size, mtime_ns) of each file of a teacher directory: the same on an actor's node as on the
+    driver's means the same files (the driver's own node); None when the directory is not there."""
+    root = Path(teacher_dir)
+    if not root.is_dir():
+        return None
+    return [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def _teacher_source(teacher_dir: Path, nodes: list[dict]) -> tuple:
+    """What the actors get to find the teacher: (the driver's path, its stamp, the files in the object store).
+    On a Ray of one node, the driver's, the files are not put in the object store (every actor reads the path)."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    one_node = [n["NodeID"] for n in nodes] == [here]
+    root = str(Path(teacher_dir).resolve())
+    return root, _stamp(root), None if one_node else ray.put(_teacher_files(teacher_dir))
+
+
+def _length_order(rows: pa.Table) -> np.ndarray:
+    """Row indices by text length in characters (both texts of a pair), stable: a proxy for token length."""
+    length = pc.fill_null(pc.utf8_length(rows["text_a"]), 0)
+    if rows["text_b"].null_count < rows.num_rows:
+        length = pc.add(length, pc.fill_null(pc.utf8_length(rows["text_b"]), 0))
+    return np.argsort(np.asarray(length), kind="stable")
 
 
 def _connect(address: Optional[str]) -> bool:
@@ -128,26 +169,31 @@ def ray_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: boo
         return
     started = _connect(settings.address)
     try:
-        nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-        cpus = cpus_per_worker(settings, nodes)
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        cpus = cpus_per_worker(settings, [n["Resources"].get("CPU", 0.0) for n in alive])
         threads = max(1, int(np.ceil(cpus)))
-        rows = pa.concat_tables([t.select(["text_a", "text_b"]) for t in pending])
-        n = rows.num_rows
-        # blocks large enough to sort by length (little padding), small enough to keep every actor busy
-        block = int(min(max(t.num_rows for t in pending), max(batch_size, -(-n // (4 * settings.workers)))))
+        orders = [_length_order(t) for t in pending]  # each shard sorted by length; put back in order below
+        shards = [t.select(["text_a", "text_b"]).take(order) for t, order in zip(pending, orders)]
+        n = sum(t.num_rows for t in pending)
+        # One block = one model batch of batch_size rows of similar length, cut within a shard: a shard's blocks
+        # are the same whichever shards are left to do, so a resumed run's logits are those of an uninterrupted one.
+        blocks = [t.slice(start, batch_size) for t in shards for start in range(0, t.num_rows, batch_size)]
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # logits must come back in row order
         context.enable_progress_bars = False
         # blocks cut here, not by .repartition(): that is a Ray Data task wanting a whole CPU, which never
         # starts while the actors hold more than half of a 2-core node
-        dataset = ray.data.from_arrow([rows.slice(start, block) for start in range(0, n, block)])
+        dataset = ray.data.from_arrow(blocks)
         logits = dataset.map_batches(
-            _TeacherActor, batch_size=block, batch_format="pyarrow", zero_copy_batch=True,
-            fn_constructor_kwargs=dict(teacher_files=ray.put(_teacher_files(teacher_dir)), is_pair=is_pair,
+            _TeacherActor, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,  # a block at a time
+            fn_constructor_kwargs=dict(teacher_files=_teacher_source(teacher_dir, alive), is_pair=is_pair,
                                        batch_size=batch_size, max_length=max_length, threads=threads,
                                        precision=precision),
-            compute=ray.data.ActorPoolStrategy(size=settings.workers), num_cpus=cpus, num_gpus=settings.gpus_per_worker or None)
-        sizes = iter(t.num_rows for t in pending)
+            compute=ray.data.ActorPoolStrategy(size=settings.workers), num_cpus=cpus, num_gpus=settings.gpus_per_worker or None,
+            # a dead actor is not restarted nor its block retried: the stage stops with one error line and keeps
+            # its finished shards, and a rerun labels the rest (rather than reloading the teacher in a loop)
+            max_restarts=0, max_task_retries=0)
+        sizes, shard_orders = iter(t.num_rows for t in pending), iter(orders)
         want, parts, have = next(sizes), [], 0
         for batch in _stream(logits):
             chunk = np.asarray(batch["logits"].combine_chunks().flatten()).reshape(batch.num_rows, -1)
@@ -157,7 +203,9 @@ def ray_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: boo
                 progress.update(len(chunk))
             while want is not None and have >= want:
                 done = np.concatenate(parts)
-                yield done[:want]
+                shard = np.empty_like(done[:want])
+                shard[next(shard_orders)] = done[:want]  # back in row order
+                yield shard
                 rest = done[want:]
                 parts, have = ([rest] if len(rest) else []), len(rest)
                 want = next(sizes, None)

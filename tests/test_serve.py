@@ -92,9 +92,10 @@ def _probabilities(export: Path, variant: str, texts_a, texts_b=None) -> list[di
 def test_predict_health_and_page_in_process(client, exports):
     health = client.get("/health")
     assert health.status_code == 200
-    assert health.json() | {"batching": None, "limits": None, "model_calls": 0, "sentences": 0} == {
+    assert health.json() | {"batching": None, "limits": None, "connections": None, "model_calls": 0, "sentences": 0} == {
         "status": "ok", "task": "rt", "backend": "onnx-int8", "labels": ["rotten", "fresh"], "pair": False,
-        "batching": None, "limits": None, "model_calls": 0, "sentences": 0}  # the backend the card recommends
+        "batching": None, "limits": None, "connections": None, "model_calls": 0, "sentences": 0,
+        "auth": "none"}  # the backend the card recommends
     assert health.json()["batching"] == {"enabled": True, "max_batch": 64, "max_wait_ms": 2.0, "one_call_per_batch": True}
     assert health.json()["limits"] == {"max_texts": 4, "max_chars": 50, "max_body_bytes": 2000}
     answer = client.post("/predict", json={"texts": SENTENCES[:3]})
