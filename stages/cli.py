@@ -235,7 +235,8 @@ def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
     report = run_evaluate(t, paths.raw_dir(t.name), paths.model_dir("teacher", t.name), out / "teacher.json", runs,
                           device=resolve_device(p.device), throughput_sentences=p.evaluate.throughput_sentences,
                           batch_size=p.evaluate.batch_size, max_length=p.teacher.max_length,
-                          reference_architectures=tuple(p.evaluate.reference_architectures))
+                          reference_architectures=tuple(p.evaluate.reference_architectures),
+                          label_metrics=out / "label.json")
     curves = curve_rows({kind: [run for _, run in runs[kind].values()] for kind in SEEDED}, t)
     write_json(report, out / "report.json")
     write_json(summary_metrics(report, t), out / "summary.json")

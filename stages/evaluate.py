@@ -93,9 +93,11 @@ def student_throughput(student_dir: Path, texts_a, texts_b, device, batch_size: 
 
 def evaluate(task: Task, raw_dir: Path, teacher_dir: Path, teacher_metrics: Path,
              runs: dict[str, dict[int, tuple[Path, Path]]], *, device: torch.device, throughput_sentences: int = 2000,
-             batch_size: int = 512, max_length: int = 128, reference_architectures: tuple[str, ...] = ()) -> dict:
+             batch_size: int = 512, max_length: int = 128, reference_architectures: tuple[str, ...] = (),
+             label_metrics: Path | None = None) -> dict:
     """The full report for `task`. runs: {"student" | "baseline": {seed: (model_dir, run_dir)}}, the same
-    seeds for both (the gain is paired by seed)."""
+    seeds for both (the gain is paired by seed). label_metrics: the label stage's label.json, for the precision
+    its logits were computed at (with teacher.json's, the precisions that ran: `auto` differs between machines)."""
     seeds = sorted(runs["student"])
     if sorted(runs["baseline"]) != seeds:
         raise StageError(f"student seeds {seeds} and baseline seeds {sorted(runs['baseline'])} differ")
@@ -178,4 +180,6 @@ def evaluate(task: Task, raw_dir: Path, teacher_dir: Path, teacher_metrics: Path
             "params_ratio": teacher_params["all"] / first["student"]["params_all"],
         },
         "references": references,
+        "precision": {"teacher": teacher_scores.get("precision"),
+                      "label": _read_metrics(label_metrics).get("precision") if label_metrics else None},
     }
