@@ -111,8 +111,14 @@ def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: Teac
                       train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
                       compute_metrics=compute_metrics, callbacks=callbacks)
     trainer.train()
-    final = {name: trainer.evaluate(evals[name], metric_key_prefix=name) for name in task.eval_splits}
-    dev = {name: {m: round(final[name][f"{name}_{m}"], 6) for m in task.metrics} for name in task.eval_splits}
+    # the kept checkpoint's scores were logged when it was evaluated: no second pass over the eval splits
+    best = {k: v for entry in trainer.state.log_history if entry.get("step") == trainer.state.best_global_step
+            for k, v in entry.items()}
+    keys = {name: {m: f"eval_{name}_{m}" for m in task.metrics} for name in task.eval_splits}
+    if not all(key in best for name in keys for key in keys[name].values()):  # no dev check ran: evaluate now
+        best = {f"eval_{k}": v for name in task.eval_splits
+                for k, v in trainer.evaluate(evals[name], metric_key_prefix=name).items()}
+    dev = {name: {m: round(best[key], 6) for m, key in keys[name].items()} for name in task.eval_splits}
     return trainer, dev, len(train), trainer.state.best_global_step
 
 
