@@ -158,9 +158,10 @@ def _speeds(task: Task, raw_dir: Path, teacher_dir: Path, first_student: Path, d
 
 def evaluate(task: Task, raw_dir: Path, teacher_dir: Path, teacher_metrics: Path,
              runs: dict[str, dict[int, tuple[Path, Path]]], *, device: torch.device, params: EvaluateParams,
-             max_length: int) -> dict:
+             max_length: int, label_metrics: Path | None = None) -> dict:
     """The full report for `task`. runs: {"student" | "baseline": {seed: (model_dir, run_dir)}}, the same
-    seeds for both (the gain is paired by seed)."""
+    seeds for both (the gain is paired by seed). label_metrics: the label stage's label.json, for the precision
+    its logits were computed at (with teacher.json's, the precisions that ran: `auto` differs between machines)."""
     seeds = sorted(runs["student"])
     if sorted(runs["baseline"]) != seeds:
         raise StageError(f"student seeds {seeds} and baseline seeds {sorted(runs['baseline'])} differ")
@@ -201,6 +202,8 @@ def evaluate(task: Task, raw_dir: Path, teacher_dir: Path, teacher_metrics: Path
             "params_ratio": teacher_params["all"] / first["student"]["params_all"],
         },
         "references": speed["references"],
+        "precision": {"teacher": teacher_scores.get("precision"),
+                      "label": _read_metrics(label_metrics).get("precision") if label_metrics else None},
     }
 
 
@@ -212,7 +215,7 @@ def run(task: Task, params: Params) -> None:
     out = paths.metrics_dir(task.name)
     report = evaluate(task, paths.raw_dir(task.name), paths.model_dir("teacher", task.name), out / "teacher.json",
                       runs, device=resolve_device(params.device), params=params.evaluate,
-                      max_length=params.teacher.max_length)
+                      max_length=params.teacher.max_length, label_metrics=out / "label.json")
     curves = curve_rows({kind: [run_dir for _, run_dir in runs[kind].values()] for kind in SEEDED}, task)
     write_json(report, out / "report.json")
     write_json(summary_metrics(report, task), out / "summary.json")

@@ -26,7 +26,7 @@ from stages.data.io import (LABELED_SCHEMA, TRANSFER_SCHEMA, input_key, read_par
 from stages.params import Params
 from stages.runtime import resolve_device
 from stages.data.tasks import Task
-from stages.models.precision import with_precision
+from stages.models.precision import resolve_precision, say, with_precision
 from stages.models.teacher_model import batch_logits, encode_pairs, length_sorted_batches, load_teacher
 
 if TYPE_CHECKING:
@@ -111,7 +111,11 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
     """Write out_path = the transfer set + `logits` (float32 list) + `teacher_label`; return timings.
 
     ray=None labels in this process; RaySettings label on Ray (stages/ray_labeling.py), same shards and output.
+    precision `auto` resolves on `device` (stages/models/precision.py); the precision that ran is returned.
     """
+    resolved = resolve_precision(precision, device, "label.precision")
+    say(resolved)  # one line when bf16 is asked for where it is emulated
+    precision = resolved.precision
     lock = RunLock(cache_root, task.name, f"label {task.name}")  # one run per task shares the cache; held to return
     transfer = read_parquet(transfer_path, TRANSFER_SCHEMA, hint="run the augment stage first")
     if transfer.num_rows == 0:
@@ -152,7 +156,9 @@ def label(task: Task, transfer_path: Path, teacher_dir: Path, out_path: Path, *,
         "rows_per_second": round(labeled / seconds, 1) if labeled else None,
         "batch_size": batch_size,
         "device": str(device),
-        "precision": precision,
+        "precision": precision,  # what ran: label.precision `auto` resolved on this device
+        "precision_requested": resolved.requested,
+        "native_bf16": resolved.native_bf16,  # what runs bf16 natively here (avx512_bf16, amx_bf16, cuda), or null
         "engine": "local" if ray is None else "ray",
         # how often the teacher agrees with the gold label on the original training rows
         "teacher_train_accuracy": round(float((argmax[originals] == np.asarray(transfer["label"])[originals]).mean()), 6)

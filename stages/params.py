@@ -61,6 +61,9 @@ class TeacherParams(Section):
     max_train_examples: Optional[Int] = Field(None, ge=1)
     # > 1: the stage relaunches itself under torch.distributed.run, data-parallel (gloo on CPU, nccl on CUDA)
     processes: Int = Field(1, ge=1)
+    # fine-tuning under torch.autocast(bfloat16) or not; auto = bf16 where the device runs it natively (a CUDA GPU
+    # with bf16, a CPU with AVX512_BF16 or AMX-BF16), fp32 elsewhere (stages/models/precision.py)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class AugmentParams(Section):
@@ -90,9 +93,9 @@ class AugmentParams(Section):
 class LabelParams(Section):
     batch_size: Int = Field(256, ge=1)
     shard_rows: Int = Field(16384, ge=1)
-    # the teacher's forward pass: fp32 | bf16 (torch.autocast) | int8 (dynamic quantisation, CPU);
-    # docs/label-precision.md has the speed and the student cost of each
-    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    # the teacher's forward pass: auto (bf16 where the device runs it natively, else fp32) | fp32 | bf16
+    # (torch.autocast) | int8 (dynamic quantisation, CPU); docs/label-precision.md has the speed and the student cost
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     engine: Literal["local", "ray"] = "local"  # ray: stages/ray_labeling.py (Ray Data, an actor pool)
     ray_address: Optional[str] = None  # None = start a local Ray; "auto" = the running cluster; or ray://host:port
     ray_workers: Int = Field(1, ge=1)  # actors, each holding one copy of the teacher

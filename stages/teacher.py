@@ -25,16 +25,19 @@ from stages.report.metrics import task_metrics
 from stages.params import Params, TeacherParams
 from stages.runtime import resolve_device
 from stages.data.tasks import Task
+from stages.models.precision import Resolved, resolve_precision, say
 from stages.models.teacher_model import encode_pairs, load_for_classification, resolve_model
 
 
 class _Encoded(torch.utils.data.Dataset):
     """Tokenised examples as dicts (input_ids, attention_mask, labels); padded per batch later."""
 
-    def __init__(self, encodings: dict, labels: np.ndarray):
+    def __init__(self, encodings: dict, labels: np.ndarray, by_length: bool = False):
         self.rows = [
             {**{k: v[i] for k, v in encodings.items()}, "labels": int(labels[i])} for i in range(len(labels))
         ]
+        if by_length:  # evaluation: batches of similar lengths pad little (metrics do not depend on the order)
+            self.rows.sort(key=lambda row: len(row["input_ids"]))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -48,19 +51,21 @@ def _read_split(raw_dir: Path, split: str, limit: int | None = None) -> pd.DataF
     return df.head(limit) if limit else df
 
 
-def _dataset(tokenizer, df: pd.DataFrame, task: Task, max_length: int) -> _Encoded:
+def _dataset(tokenizer, df: pd.DataFrame, task: Task, max_length: int, by_length: bool = False) -> _Encoded:
     texts_b = df["text_b"].tolist() if task.is_pair else None
-    return _Encoded(encode_pairs(tokenizer, df["text_a"].tolist(), texts_b, max_length), df["label"].to_numpy())
+    return _Encoded(encode_pairs(tokenizer, df["text_a"].tolist(), texts_b, max_length), df["label"].to_numpy(),
+                    by_length)
 
 
 def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: TeacherParams, lr: float,
-                device: torch.device, seed: int, live_dir: Path | None):
+                device: torch.device, seed: int, live_dir: Path | None, precision: Resolved):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     set_seed(seed)
     tokenizer, model = load_for_classification(resolved, task.num_labels, task.label_names)
     train = _dataset(tokenizer, _read_split(raw_dir, "train", params.max_train_examples), task, params.max_length)
-    evals = {name: _dataset(tokenizer, _read_split(raw_dir, name), task, params.max_length) for name in task.eval_splits}
+    evals = {name: _dataset(tokenizer, _read_split(raw_dir, name), task, params.max_length, by_length=True)
+             for name in task.eval_splits}
 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # data-parallel: teacher.batch_size stays the global batch
     batches_per_epoch = max(1, -(-len(train) // params.batch_size))
@@ -99,7 +104,7 @@ def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: Teac
         seed=seed,
         data_seed=seed,
         use_cpu=device.type == "cpu",
-        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        bf16=precision.precision == "bf16",  # torch.autocast(bfloat16) around forward passes; fp32 weights
         report_to="none",
         dataloader_num_workers=0,
         ddp_backend=("gloo" if device.type == "cpu" else "nccl") if world > 1 else None,
@@ -108,8 +113,14 @@ def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: Teac
                       train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
                       compute_metrics=compute_metrics, callbacks=callbacks)
     trainer.train()
-    final = {name: trainer.evaluate(evals[name], metric_key_prefix=name) for name in task.eval_splits}
-    dev = {name: {m: round(final[name][f"{name}_{m}"], 6) for m in task.metrics} for name in task.eval_splits}
+    # the kept checkpoint's scores were logged when it was evaluated: no second pass over the eval splits
+    best = {k: v for entry in trainer.state.log_history if entry.get("step") == trainer.state.best_global_step
+            for k, v in entry.items()}
+    keys = {name: {m: f"eval_{name}_{m}" for m in task.metrics} for name in task.eval_splits}
+    if not all(key in best for name in keys for key in keys[name].values()):  # no dev check ran: evaluate now
+        best = {f"eval_{k}": v for name in task.eval_splits
+                for k, v in trainer.evaluate(evals[name], metric_key_prefix=name).items()}
+    dev = {name: {m: round(best[key], 6) for m, key in keys[name].items()} for name in task.eval_splits}
     return trainer, dev, len(train), trainer.state.best_global_step
 
 
@@ -121,8 +132,11 @@ def train_teacher(task: Task, raw_dir: Path, out_dir: Path, *, params: TeacherPa
     Returns the teacher's metrics (dev scores, parameter count, time, model identity).
     """
     resolved = resolve_model(params.model)
+    precision = resolve_precision(params.precision, device, "teacher.precision")
     if os.environ.get("RANK", "0") != "0":
         live_dir = None  # one process logs and saves; the others only train
+    else:
+        say(precision)  # one line when bf16 is asked for where it is emulated
     out_dir = Path(out_dir)
     scratch = out_dir.parent / f".{out_dir.name}.checkpoints"  # the same on every rank
     start = time.perf_counter()
@@ -131,7 +145,7 @@ def train_teacher(task: Task, raw_dir: Path, out_dir: Path, *, params: TeacherPa
         for lr in params.lr_grid or [params.lr]:
             trainer, dev, n_train, best_step = _train_once(
                 task, resolved, raw_dir, scratch / f"lr{lr:g}", params, lr, device, seed,
-                live_dir if len(params.lr_grid) <= 1 else None)
+                live_dir if len(params.lr_grid) <= 1 else None, precision)
             score = dev[task.selection_split][task.metrics[0]]
             if best is None or score > best["score"]:  # keep only the best run's model in memory
                 best = dict(score=score, trainer=trainer, dev=dev, lr=lr, best_step=best_step)
@@ -157,6 +171,9 @@ def train_teacher(task: Task, raw_dir: Path, out_dir: Path, *, params: TeacherPa
         # a Hub commit, or the path as given; packaged models are identified by package and version
         "model_revision": revision if resolved.origin == "hub" else None,
         "device": str(device),
+        "precision": precision.precision,  # what ran: teacher.precision `auto` resolved on this device
+        "precision_requested": precision.requested,
+        "native_bf16": precision.native_bf16,
         "processes": int(os.environ.get("WORLD_SIZE", "1")),  # data-parallel ranks (teacher.processes)
     }
 

@@ -19,11 +19,12 @@ pytestmark = pytest.mark.slow
 
 SUMMARY_COLUMNS = ["student.dev_accuracy", "student.dev_accuracy_sd", "baseline.dev_accuracy",
                    "baseline.dev_accuracy_sd", "teacher.dev_accuracy", "gain.points", "gain.p_paired_t",
-                   "gain.p_mcnemar", "student_of_teacher", "speedup", "seeds"]
+                   "gain.p_mcnemar", "student_of_teacher", "speedup", "seeds", "precision.teacher", "precision.label"]
 NLI_COLUMNS = ["student.dev_accuracy", "student.dev_accuracy_sd", "student.dev_macro_f1", "student.dev_macro_f1_sd",
                "baseline.dev_accuracy", "baseline.dev_accuracy_sd", "baseline.dev_macro_f1",
                "baseline.dev_macro_f1_sd", "teacher.dev_accuracy", "teacher.dev_macro_f1", "gain.points",
-               "gain.p_paired_t", "gain.p_mcnemar", "student_of_teacher", "speedup", "seeds"]
+               "gain.p_paired_t", "gain.p_mcnemar", "student_of_teacher", "speedup", "seeds", "precision.teacher",
+               "precision.label"]
 PAIR = "first sentence number 1 .\tsecond sentence 1 ?"
 
 
@@ -111,6 +112,15 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
     stale = set(json.loads(run(["dvc", "status", "--json"], repo)))
     assert stale == {"check"} | {f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)}
     run(["git", "checkout", "params.yaml"], repo)
+
+    # the labels' precision: label and what reads its output rerun, never the teacher, the transfer set or the
+    # baselines; int8 differs from what `auto` resolves to on any CPU, and summary.json shows the one that ran
+    label = run(["dvc", "exp", "run", "-S", "label.precision=int8", "evaluate@sst2"], repo)
+    assert ran(label) == {"check", "label@sst2", "evaluate@sst2"} | {f"student@sst2-{s}" for s in (1, 2)}
+    assert json.loads((repo / "metrics/sst2/label.json").read_text())["precision"] == "int8"
+    assert json.loads((repo / "metrics/sst2/summary.json").read_text())["precision"]["label"] == "int8"
+    run(["git", "checkout", "params.yaml", "dvc.lock", "metrics"], repo)
+    run(["dvc", "checkout", "-q"], repo)
 
     # one more seed and a transfer-set knob, as an experiment: augment and label rerun, every student (new
     # labels), the baseline of the new seed only (it never reads the transfer set), never download or teacher;

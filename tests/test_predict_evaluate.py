@@ -69,6 +69,13 @@ def test_summary_metrics_lead_with_the_scores_and_hold_no_params():
     assert (summary["student_of_teacher"], summary["speedup"], summary["seeds"]) == (0.875, 90.0, 3)
 
 
+def test_summary_metrics_end_with_the_precisions_that_ran():
+    report = {**_report(), "precision": {"teacher": "bf16", "label": "fp32"}}
+    summary = summary_metrics(report, get_task("mnli"))
+    assert list(summary)[-2:] == ["seeds", "precision"]
+    assert summary["precision"] == {"teacher": "bf16", "label": "fp32"}
+
+
 def test_curves_average_the_seeds_that_reached_each_epoch(tmp_path):
     def curve(kind, seed, values):
         path = tmp_path / kind / f"seed-{seed}" / "plots" / "metrics" / "dev" / "accuracy.tsv"

@@ -16,8 +16,10 @@ import re
 
 KEY_PARAMS = ("tasks", "seeds", "teacher.model", "teacher.epochs", "augment.max_examples", "student.arch",
               "student.embedding_mode", "student.hidden", "distill.loss", "distill.alpha", "distill.epochs")
-# summary.json's metrics: scores on the dev split(s), the gain, the student/teacher and speed ratios, seeds
-SUMMARY_METRICS = (r"(student|baseline|teacher)\.dev_\w+", r"gain\.\w+", "student_of_teacher", "speedup", "seeds")
+# summary.json's metrics: scores on the dev split(s), the gain, the student/teacher and speed ratios, seeds, and the
+# precisions the teacher trained and labelled at (label.precision `auto` resolves per machine)
+SUMMARY_METRICS = (r"(student|baseline|teacher)\.dev_\w+", r"gain\.\w+", "student_of_teacher", "speedup", "seeds",
+                   r"precision\.(teacher|label)")
 ROW_COLUMNS = ("Experiment", "rev", "typ", "Created", "parent")  # not State/Executor: DVC drops them when empty
 
 

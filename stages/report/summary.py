@@ -44,6 +44,8 @@ def summary_metrics(report: dict, task: Task) -> dict:
     out["student_of_teacher"] = round(vs[f"{metric}_ratio"], 4)
     out["speedup"] = round(vs["speedup"], 1)
     out["seeds"] = len(report["seeds"])
+    if "precision" in report:  # what the teacher trained and labelled at (`auto` resolves per machine)
+        out["precision"] = dict(report["precision"])
     return out
 
 
