@@ -8,13 +8,7 @@ import torch.nn.functional as F
 from stages.models.student_model import BiLSTMClassifier, count_parameters, distill_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is several times faster than two on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model(pair=False, mode="non-static", vocab=30, dim=8, hidden=6, fc=5, labels=3, dropout=0.0, seed=0):
