@@ -30,6 +30,17 @@ def pair_rows(col_a: str, col_b: str, n: int, num_labels: int, label: int | None
     }
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread is several times faster than two on a busy 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def glue_mirror(tmp_path: Path) -> Path:
     """A small GLUE mirror with qqp and mnli (the configs not in ../shared/glue), Hub layout."""

