@@ -162,6 +162,13 @@ def _percentiles(ms: np.ndarray, prefix: str = "latency_ms") -> dict:
     return {f"{prefix}_p{q}": round(float(np.nanpercentile(ms, q)), 3) for q in (50, 95, 99)}
 
 
+def _stats(ms: np.ndarray, app_ms: np.ndarray, cpu: float, calls: int, sentences: int) -> dict:
+    """A cell's latency percentiles (client and in-app), server CPU per sentence and mean batch."""
+    return {**_percentiles(ms), **_percentiles(app_ms, "app_ms"),
+            "server_cpu_ms_per_sentence": round(1000 * cpu / sentences, 3),
+            "sentences_per_model_call": round(sentences / calls, 2)}
+
+
 def batcher_alone(export_dir: Path, backend: str, items: list, total: int, concurrency: int, enabled: bool,
                   max_batch: int, max_wait_ms: float) -> float:
     """Sentences/s through the service's model and batcher in this process, without HTTP: what batching can
@@ -239,9 +246,7 @@ def main(
                 cell = {"concurrency": c, "batching": mode, "requests": requests,
                         "requests_per_s": round(requests / seconds, 1),
                         "sentences_per_s": round(requests * texts_per_request / seconds, 1),
-                        **_percentiles(ms), **_percentiles(app_ms, "app_ms"),
-                        "server_cpu_ms_per_sentence": round(1000 * cpu / (requests * texts_per_request), 3),
-                        "sentences_per_model_call": round(requests * texts_per_request / calls, 2)}
+                        **_stats(ms, app_ms, cpu, calls, requests * texts_per_request)}
                 cells.append(cell)
                 print(f"  concurrency {c:>3}, batching {mode:>3}: {cell['requests_per_s']:>8,.1f} req/s "
                       f"p50 {cell['latency_ms_p50']:.2f} ms p99 {cell['latency_ms_p99']:.2f} ms "
@@ -257,9 +262,7 @@ def main(
             cell = {"batching": mode, "fraction_of_max": open_loop_fraction, "of_closed_loop_requests_per_s":
                     closed["requests_per_s"], "rate": round(rate, 1), "requests": requests,
                     "achieved_requests_per_s": round(requests / seconds, 1), "connections_used": used,
-                    **_percentiles(ms), **_percentiles(app_ms, "app_ms"),
-                    "server_cpu_ms_per_sentence": round(1000 * cpu / (requests * texts_per_request), 3),
-                    "sentences_per_model_call": round(requests * texts_per_request / calls, 2)}
+                    **_stats(ms, app_ms, cpu, calls, requests * texts_per_request)}
             opened.append(cell)
             print(f"  open loop at {rate:,.1f} req/s ({open_loop_fraction:.0%} of {closed['requests_per_s']:,.1f}), "
                   f"batching {mode}: p50 {cell['latency_ms_p50']:.2f} p95 {cell['latency_ms_p95']:.2f} "

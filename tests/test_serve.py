@@ -297,6 +297,20 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+def wait_until_serving(proc: subprocess.Popen, url: str, timeout: float = 90) -> dict:
+    """/health's answer once a starting `serve` process answers it; a failure names serve's own error."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                return json.loads(response.read())
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"serve did not start: {proc.communicate()[1][-2000:]}")
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def server(exports):
     """`python -m stages serve` with `import torch` made to fail: the service must never import PyTorch."""
@@ -308,16 +322,7 @@ def server(exports):
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"serve did not start: {proc.communicate()[1][-2000:]}")
-            time.sleep(0.2)
+    wait_until_serving(proc, url)
     yield proc, url, port
     if proc.poll() is None:
         proc.kill()

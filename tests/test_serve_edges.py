@@ -29,7 +29,7 @@ from stages.errors import StageError
 from stages.serving.app import Limits, create_app
 from stages.serving.auth import authorized, is_loopback, resolve_key
 from tests.conftest import REPO, run_cli
-from tests.test_serve import _export, _free_port
+from tests.test_serve import _export, _free_port, wait_until_serving
 
 settings.register_profile("thorough", max_examples=10_100, deadline=None)  # >= 10,000 distinct
 settings.register_profile("default", max_examples=300, deadline=None)
@@ -172,16 +172,7 @@ def server(export, tmp_path_factory):
                              "--body-timeout", str(TIMEOUT), "--max-connections", "40"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**env, "PYTHONPATH": str(REPO)})
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"serve did not start: {proc.communicate()[1][-2000:]}")
-            time.sleep(0.2)
+    wait_until_serving(proc, f"http://127.0.0.1:{port}")
     yield port
     proc.terminate()
     proc.wait(timeout=30)
