@@ -41,15 +41,18 @@ def main(task: str = typer.Option("rt", help="Task whose transfer set and teache
          skip_stage: bool = typer.Option(False, help="Leave out the timing of the whole label stage."),
          repeats: int = typer.Option(1, help="Time the precisions this many rounds, interleaved (fp32, int8, fp32, "
                                               "int8, ...), and report the median: fairer on a shared machine."),
+         teacher_dir: Path = typer.Option(None, help="A saved teacher to time instead of models/teacher/<task>/ "
+                                                      "(e.g. a checkpoint of the teacher stage)."),
          params: Path = typer.Option(Path("params.yaml"))) -> None:
     p = load_params(params)
     t = get_task(task)
+    teacher_dir = teacher_dir or paths.model_dir("teacher", t.name)
     device = resolve_device(p.device)
     batch_size = batch_size or p.label.batch_size
     transfer = pq.read_table(paths.transfer_file(t.name))
     picked = np.sort(np.random.default_rng(0).choice(transfer.num_rows, min(rows, transfer.num_rows), replace=False))
     sample = transfer.take(picked)
-    tokenizer, model = load_teacher(paths.model_dir("teacher", t.name), device)
+    tokenizer, model = load_teacher(teacher_dir, device)
     texts_b = sample["text_b"].to_pylist() if t.is_pair else None
     encodings = encode_pairs(tokenizer, sample["text_a"].to_pylist(), texts_b, p.teacher.max_length)
     batches = length_sorted_batches(encodings, batch_size, tokenizer.pad_token_id)
@@ -60,7 +63,7 @@ def main(task: str = typer.Option("rt", help="Task whose transfer set and teache
             subset = Path(tmp) / "transfer.parquet"
             pq.write_table(sample, subset)
             start = time.perf_counter()
-            label(t, subset, paths.model_dir("teacher", t.name), Path(tmp) / "labeled.parquet", device=device,
+            label(t, subset, teacher_dir, Path(tmp) / "labeled.parquet", device=device,
                   batch_size=batch_size, shard_rows=p.label.shard_rows, max_length=p.teacher.max_length,
                   cache_root=Path(tmp) / "cache")
             stage_seconds = time.perf_counter() - start

@@ -1,6 +1,6 @@
 """What each choice of the teacher's training loop costs on this machine, side by side in one process.
 
-    python benchmarks/teacher_step.py --task rt [--steps 12] [--rounds 3] [--threads 0]
+    python benchmarks/teacher_step.py --task rt [--steps 12] [--rounds 3] [--threads 0] [--eval-rows 0]
 
 Reads data/raw/<task>/ (run `dvc repro download@<task>` first) and the packaged teacher (teacher.model), and
 times training steps (forward, backward, AdamW step) of the real model on batches of teacher.batch_size rows
@@ -75,6 +75,7 @@ def main(task: str = typer.Option("rt", help="Task whose training and dev splits
          rounds: int = typer.Option(3, help="Interleaved rounds; the medians are reported."),
          threads: int = typer.Option(0, help="torch threads; 0 = torch's default (the physical cores)."),
          variants: str = typer.Option(",".join(VARIANTS), help="Comma-separated variants to time."),
+         eval_rows: int = typer.Option(0, help="Dev rows for the eval passes (a seeded sample); 0 = all."),
          params: Path = typer.Option(Path("params.yaml"))) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -141,9 +142,12 @@ def main(task: str = typer.Option("rt", help="Task whose training and dev splits
                                                        for b in r_])), 1),
         }
         previous = name
-    evaluation = eval_passes(model, tokenizer, encoded(t.selection_split)[0], p.max_length, rounds)
+    dev = encoded(t.selection_split)[0]
+    if eval_rows and eval_rows < len(dev):
+        dev = [dev[i] for i in np.sort(np.random.default_rng(0).choice(len(dev), eval_rows, replace=False))]
+    evaluation = eval_passes(model, tokenizer, dev, p.max_length, rounds)
     print(json.dumps({"task": t.name, "train_rows": len(train), "batch_size": p.batch_size, "steps": steps,
-                      "rounds": rounds, "threads": torch.get_num_threads(),
+                      "rounds": rounds, "eval_rows": len(dev), "threads": torch.get_num_threads(),
                       "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                       "native_bf16": native_bf16(torch.device("cpu")),
                       "train": out, "eval": evaluation}, indent=2))

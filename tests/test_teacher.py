@@ -8,10 +8,12 @@ from stages.errors import StageError
 from stages.params import TeacherParams
 from stages.data.tasks import get_task
 from stages.teacher import train_teacher
+from stages.models import precision as precision_module
 from stages.models.teacher_model import resolve_model
 from tests.conftest import run_cli, synthetic_raw, write_params
 
-TINY = TeacherParams(epochs=1, batch_size=8, max_length=32, evals_per_epoch=2, max_train_examples=24)
+# fp32: the reload test compares the reported dev accuracy with a plain fp32 forward pass
+TINY = TeacherParams(epochs=1, batch_size=8, max_length=32, evals_per_epoch=2, max_train_examples=24, precision="fp32")
 
 
 @pytest.mark.parametrize("task_name", ["sst2", "mrpc"])
@@ -50,6 +52,34 @@ def test_teacher_is_deterministic_on_cpu(tmp_path):
     a = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t0").classifier.weight
     b = AutoModelForSequenceClassification.from_pretrained(tmp_path / "t1").classifier.weight
     assert torch.equal(a, b)
+
+
+def test_teacher_precision_bf16_autocasts_training_and_is_recorded(monkeypatch, tmp_path):
+    monkeypatch.setattr(precision_module, "cpu_bf16_instructions", lambda: ("avx512_bf16",))
+    task = get_task("sst2")
+    raw = synthetic_raw(tmp_path / "raw", task)
+    runs = {}
+    for asked in ("auto", "fp32"):
+        params = TeacherParams(epochs=1, batch_size=8, max_length=32, max_train_examples=32, evals_per_epoch=1,
+                               precision=asked)  # one dev check, at the end: the kept model is the trained one
+        metrics = train_teacher(task, raw, tmp_path / asked, params=params, device=torch.device("cpu"), seed=5)
+        runs[asked] = metrics
+    assert {k: (m["precision"], m["precision_requested"], m["native_bf16"]) for k, m in runs.items()} == {
+        "auto": ("bf16", "auto", "avx512_bf16"), "fp32": ("fp32", "fp32", "avx512_bf16")}
+    bf16, fp32 = (AutoModelForSequenceClassification.from_pretrained(tmp_path / k).state_dict() for k in runs)
+    assert {t.dtype for t in bf16.values() if t.is_floating_point()} == {torch.float32}  # autocast: fp32 weights
+    difference = max((bf16[name] - fp32[name]).abs().max().item() for name in fp32 if fp32[name].is_floating_point())
+    assert 0 < difference < 1e-3  # the same four steps, rounded differently
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_teacher_on_cuda_resolves_auto_from_the_gpu(tmp_path):
+    task = get_task("sst2")
+    raw = synthetic_raw(tmp_path / "raw", task)
+    params = TeacherParams(epochs=1, batch_size=8, max_length=32, max_train_examples=16)
+    metrics = train_teacher(task, raw, tmp_path / "t", params=params, device=torch.device("cuda"), seed=5)
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    assert (metrics["precision"], metrics["native_bf16"]) == (("bf16", "cuda") if native else ("fp32", None))
 
 
 def test_packaged_and_local_models_resolve(tmp_path):
