@@ -41,10 +41,17 @@ def check_params(params: Path = ParamsOption) -> None:
     """Validate the whole parameter file (types, ranges, cross-field rules) and write data/params-checked.txt.
 
     The first DVC stage: every other stage runs after it, so a bad `dvc exp run -S` value stops the pipeline
-    before any stage removes its outputs. The file's content never changes, so a good edit reruns nothing else."""
-    load_params(params)
+    before any stage removes its outputs. The file's content never changes, so a good edit reruns nothing else.
+    Also writes data/arch-params/<arch>.json, each arch's knobs (`student:` for bilstm and cnn, `ngram:`,
+    `static:`), which that arch's `inputs` stage depends on: a knob of one arch reruns that arch alone."""
+    from stages.params import ARCHS, arch_params_text
+
+    p = load_params(params)
     with atomic_path(paths.PARAMS_CHECKED) as tmp:
         tmp.write_text(f"{Path(params).name} is valid\n")
+    for arch in ARCHS:
+        with atomic_path(paths.arch_params_file(arch)) as tmp:
+            tmp.write_text(arch_params_text(p, arch))
 
 
 @app.command()
@@ -175,43 +182,79 @@ def label(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
 SeedOption = typer.Option(..., "--seed", "-s", help="Training seed (one of params.yaml's `seeds`): model init and "
                           "batch order. Each seed has its own model directory and run metrics.")
+ArchOption = typer.Option("bilstm", "--arch", "-a", help="Student architecture (one of params.yaml's `archs`): bilstm, "
+                          "cnn, ngram or static (docs/students.md).")
 
 
-def _train_bilstm(kind: str, task: str, seed: int, params: Path) -> None:
+@app.command()
+def inputs(task: str = TaskOption, arch: str = ArchOption, params: Path = ParamsOption) -> None:
+    """Build what one arch needs before training, once per task: models/inputs/<task>/<arch>/.
+
+    ngram: the n-gram featurizer (vocabulary and idf of the training split); static: static embeddings from the
+    task's teacher (one forward pass per word piece, PCA, Zipf weighting: Model2Vec's method); bilstm, cnn: only
+    their knobs. Every directory holds knobs.json, that arch's knobs."""
+    from stages.inputs import build_inputs
+    from stages.params import ARCHS, arch_knobs
     from stages.runtime import resolve_device
-    from stages.student import train_student
 
     t = get_task(task)
     p = load_params(params)
+    if arch not in ARCHS:
+        raise StageError(f"--arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    summary = build_inputs(t, arch, paths.raw_dir(t.name), paths.model_dir("teacher", t.name),
+                           paths.inputs_dir(t.name, arch), knobs=arch_knobs(p, arch), device=resolve_device(p.device))
+    typer.echo(f"inputs {t.name} {arch}: {summary}")
+
+
+def _train(kind: str, task: str, arch: str, seed: int, params: Path) -> None:
+    from stages.runtime import resolve_device
+
+    t = get_task(task)
+    p = load_params(params)
+    if arch not in p.archs:
+        raise StageError(f"--arch {arch!r} is not in params.yaml's archs {p.archs}")
     distilled = kind == "student"
     train_path = paths.labeled_file(t.name) if distilled else paths.raw_dir(t.name) / "train.parquet"
-    run = paths.run_dir(kind, t.name, seed)
+    run = paths.run_dir(kind, t.name, arch, seed)
     distill = p.distill if distilled else p.distill.for_baseline()
-    metrics = train_student(t, train_path, paths.raw_dir(t.name), paths.model_dir(kind, t.name, seed),
-                            student=p.student, distill=distill, device=resolve_device(p.device), seed=seed,
-                            use_teacher_logits=distilled, live_dir=run, checkpoint_root=paths.cache_dir("student"))
+    out = paths.run_model_dir(kind, t.name, arch, seed)
+    if arch in ("ngram", "static"):
+        from stages.student import train_bag_student
+
+        metrics = train_bag_student(t, arch, train_path, paths.raw_dir(t.name), paths.inputs_dir(t.name, arch), out,
+                                    knobs=getattr(p, arch), distill=distill, device=resolve_device(p.device),
+                                    seed=seed, use_teacher_logits=distilled, live_dir=run)
+    else:
+        from stages.student import train_student
+
+        metrics = train_student(t, train_path, paths.raw_dir(t.name), out,
+                                student=p.student.model_copy(update={"arch": arch}), distill=distill,
+                                device=resolve_device(p.device), seed=seed, use_teacher_logits=distilled,
+                                live_dir=run, checkpoint_root=paths.cache_dir("student"))
+        metrics["arch"] = arch
     write_json({"task": t.name, "seed": seed, **metrics}, run / "run.json")
-    typer.echo(f"{kind} {t.name} seed {seed}: {metrics}")
+    typer.echo(f"{kind} {t.name} {arch} seed {seed}: {metrics}")
 
 
 @app.command()
-def student(task: str = TaskOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
-    """Distil: train the BiLSTM student on the teacher's logits (data/labeled/<task>.parquet), for one seed.
+def student(task: str = TaskOption, arch: str = ArchOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
+    """Distil: train one student arch on the teacher's logits (data/labeled/<task>.parquet), for one seed.
 
-    Loss = distill.alpha * CE(hard labels) + (1 - alpha) * logit loss (distill.loss: mse or kl);
-    pair tasks use the siamese BiLSTM. Writes models/student/<task>/seed-<n>/ and
-    metrics/<task>/student/seed-<n>/ (run.json and the per-epoch curves). Resumable: the training state is
-    kept after every epoch under data/cache/student/, so a killed run restarted on the same inputs goes on
-    from its last finished epoch.
+    Loss = distill.alpha * CE(hard labels) + (1 - alpha) * logit loss (distill.loss: mse or kl), for every arch;
+    pair tasks use siamese features. Writes models/student/<task>/<arch>/seed-<n>/ and
+    metrics/<task>/student/<arch>/seed-<n>/ (run.json and the per-epoch curves). bilstm and cnn are resumable:
+    the training state is kept after every epoch under data/cache/student/, so a killed run restarted on the
+    same inputs goes on from its last finished epoch.
     """
-    _train_bilstm("student", task, seed, params)
+    _train("student", task, arch, seed, params)
 
 
 @app.command()
-def baseline(task: str = TaskOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
-    """The paper's plain BiLSTM: the same student trained with cross-entropy on the original training set only,
-    for one seed (models/baseline/<task>/seed-<n>/, metrics/<task>/baseline/seed-<n>/)."""
-    _train_bilstm("baseline", task, seed, params)
+def baseline(task: str = TaskOption, arch: str = ArchOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
+    """The control: the same arch trained with cross-entropy on the original training set only, for one seed
+    (models/baseline/<task>/<arch>/seed-<n>/, metrics/<task>/baseline/<arch>/seed-<n>/); for bilstm, the paper's
+    plain BiLSTM."""
+    _train("baseline", task, arch, seed, params)
 
 
 @app.command()
@@ -229,8 +272,9 @@ def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
     t = get_task(task)
     p = load_params(params)
-    runs = {kind: {seed: (paths.model_dir(kind, t.name, seed), paths.run_dir(kind, t.name, seed)) for seed in p.seeds}
-            for kind in SEEDED}
+    arch = p.archs[0]  # the first arch in `archs` is the one reported here (`compare` covers them all)
+    runs = {kind: {seed: (paths.run_model_dir(kind, t.name, arch, seed), paths.run_dir(kind, t.name, arch, seed))
+                   for seed in p.seeds} for kind in SEEDED}
     out = paths.metrics_dir(t.name)
     report = run_evaluate(t, paths.raw_dir(t.name), paths.model_dir("teacher", t.name), out / "teacher.json", runs,
                           device=resolve_device(p.device), throughput_sentences=p.evaluate.throughput_sentences,
@@ -271,7 +315,7 @@ def export(task: str = TaskOption, params: Path = ParamsOption) -> None:
             inputs[name] = json.loads((out / f"{name}.json").read_text())
         except (OSError, ValueError) as e:
             raise StageError(f"cannot read {out / f'{name}.json'} ({e}); run the stages before export first") from None
-    result = export_student(t, paths.model_dir("student", t.name, seed), paths.raw_dir(t.name),
+    result = export_student(t, paths.run_model_dir("student", t.name, p.archs[0], seed), paths.raw_dir(t.name),
                             paths.model_dir("export", t.name), seed=seed, batch_size=p.evaluate.batch_size,
                             throughput_sentences=p.evaluate.throughput_sentences, **inputs)
     write_json(result, out / "export.json")
@@ -285,7 +329,8 @@ def export(task: str = TaskOption, params: Path = ParamsOption) -> None:
 def predict(
     texts: list[str] = typer.Argument(None, help="Sentences to classify; for pair tasks, 'first<TAB>second'."),
     model: Path = typer.Option(None, "--model", "-m",
-                               help="torch: a student or baseline directory (default models/student/rt/seed-1); "
+                               help="torch: a student or baseline directory (default models/student/rt/bilstm/seed-1; "
+                                    "ngram and static ones run without PyTorch); "
                                     "onnx, onnx-int8: an export directory (default models/export/rt)."),
     backend: str = typer.Option("torch", "--backend", "-b",
                                 help="torch (PyTorch), onnx (ONNX fp32) or onnx-int8; the ONNX backends run with "
@@ -312,7 +357,7 @@ def predict(
     if not items:
         raise StageError("nothing to classify: give sentences as arguments or --file")
     if model is None:
-        model = Path("models/student/rt/seed-1") if backend == "torch" else paths.model_dir("export", "rt")
+        model = paths.run_model_dir("student", "rt", "bilstm", 1) if backend == "torch" else paths.model_dir("export", "rt")
     rows = answer(model, items, device, backend)
     for row in rows:
         if json_lines:

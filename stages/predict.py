@@ -1,7 +1,8 @@
 """`predict`: what users ship: a trained student classifying raw sentences or pairs.
 
-Two backends: `torch` runs a student directory (models/<kind>/<task>/seed-<n>); `onnx` / `onnx-int8` run an
-export directory (models/export/<task>) with onnxruntime, and never import PyTorch.
+Two backends: `torch` runs a student directory (models/<kind>/<task>/<arch>/seed-<n>; the ngram and static
+students run there in numpy, without PyTorch); `onnx` / `onnx-int8` run an export directory
+(models/export/<task>) with onnxruntime, and never import PyTorch.
 
 Input is checked line by line (docs/reliability.md): a line that is not UTF-8, an empty argument, or a pair
 line without exactly one tab gets an error in its place and the other lines are still answered; blank lines of a
@@ -81,6 +82,14 @@ def _is_pair(parts: list[str]) -> bool:
 
 
 def _load(model_dir: Path, backend: str, device: str):
+    from stages.models import bag_students
+
+    if backend not in BACKENDS:
+        raise StageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if bag_students.config_arch(model_dir) in bag_students.BAG_ARCHS:  # ngram, static: never PyTorch
+        if backend == "torch":
+            return bag_students.load(model_dir)
+        return bag_students.load_onnx(model_dir, ONNX_BACKENDS[backend])
     if backend == "torch":
         from stages.runtime import resolve_device
         from stages.student import load_student

@@ -452,3 +452,139 @@ def load_student(model_dir: Path, device: torch.device | str = "cpu") -> Student
     if len(vocab) != config["vocab_size"]:
         raise StageError(f"{model_dir}: {VOCAB_FILE} has {len(vocab)} words but config.json says {config['vocab_size']}")
     return Student(model.to(device), vocab, config, device)
+
+
+# --------------------------------------------------------------------------- the bag students (ngram, static)
+
+
+def _bag_rows(arch: str, table: _Table, inputs_dir: Path, knobs) -> object:
+    """One split's model inputs: a CSR matrix of tf-idf rows (ngram) or a dense matrix of sentence vectors (static)."""
+    if arch == "ngram":
+        from stages.models.ngram_model import FEATURES_FILE, NgramFeaturizer
+
+        return NgramFeaturizer.load(Path(inputs_dir) / FEATURES_FILE).features(table.texts_a, table.texts_b)
+    from stages.models.static_model import TOKENIZER_FILE, Pieces, load_embeddings, pair_features, pool
+
+    vectors = load_embeddings(inputs_dir)
+    pieces = Pieces(Path(inputs_dir) / TOKENIZER_FILE, knobs.max_length, len(vectors))
+    pooled = [pool(vectors, pieces.bags(texts)) for texts in (table.texts_a, table.texts_b) if texts is not None]
+    return pooled[0] if len(pooled) == 1 else pair_features(*pooled)
+
+
+def _bag_batch(x, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+    if isinstance(x, np.ndarray):
+        return (torch.from_numpy(x[rows]).to(device),)
+    part = x[rows]
+    return (torch.from_numpy(part.indices.astype(np.int64)).to(device),
+            torch.from_numpy(part.indptr[:-1].astype(np.int64)).to(device), torch.from_numpy(part.data).to(device))
+
+
+@torch.inference_mode()
+def _bag_logits(model: torch.nn.Module, x, device: torch.device, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    model.eval()
+    n = x.shape[0]
+    return np.concatenate([model(*_bag_batch(x, np.arange(s, min(s + batch_size, n)), device)).float().cpu().numpy()
+                           for s in range(0, n, batch_size)]) if n else np.zeros((0, 0), np.float32)
+
+
+def train_bag_student(task: Task, arch: str, train_path: Path, dev_dir: Path, inputs_dir: Path, out_dir: Path, *,
+                      knobs, distill: DistillParams, device: torch.device, seed: int, use_teacher_logits: bool,
+                      live_dir: Path | None = None) -> dict:
+    """Train the ngram or static student (docs/students.md) as train_student trains the BiLSTM: the same loss
+    (distill.alpha, loss, temperature), optimiser, batch size, epochs, patience and dev selection; the inputs
+    (the n-gram featurizer, or the static embeddings) come from inputs_dir, made by the `inputs` stage.
+    Writes the model files of stages/models/ngram_model.py or static_model.py to out_dir; returns the metrics."""
+    from stages.models.bag_model import SparseLinear, StaticHead
+
+    start = time.perf_counter()
+    seed_everything(seed)
+    alpha = distill.alpha if use_teacher_logits else 1.0
+    loss_kind = distill.loss if alpha < 1 else "ce"
+    train_table = _read_train(train_path, task, use_teacher_logits)
+    if alpha == 1 and not (train_table.labels >= 0).any():
+        raise StageError(f"{train_path}: no row has a hard label, so cross-entropy (alpha=1) has nothing to learn")
+    eval_tables = {split: _read_eval(dev_dir, split, task) for split in task.eval_splits}
+    x_train = _bag_rows(arch, train_table, inputs_dir, knobs)
+    x_evals = {split: _bag_rows(arch, table, inputs_dir, knobs) for split, table in eval_tables.items()}
+    if arch == "ngram":
+        model = SparseLinear(x_train.shape[1], task.num_labels)
+    else:
+        model = StaticHead(x_train.shape[1], task.num_labels, knobs.hidden, knobs.dropout)
+    model = model.to(device)
+    optimizer = _optimizer(model, distill)
+    batch_size = distill.batch_size or task.student_batch_size
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.from_numpy(train_table.labels).to(device)
+    teacher = torch.from_numpy(train_table.logits).to(device) if train_table.logits is not None else None
+    selection, metric = task.selection_split, task.metrics[0]
+    best = {"score": (-np.inf, -np.inf), "epoch": 0, "state": None, "dev": None}
+    epochs_run, live = 0, _open_live(live_dir)
+    try:
+        for epoch in range(1, distill.epochs + 1):
+            epochs_run = epoch
+            model.train()
+            order = torch.randperm(len(train_table.labels), generator=generator).numpy()
+            total = 0.0
+            for s in tqdm(range(0, len(order), batch_size), desc=f"{task.name} {arch} epoch {epoch}/{distill.epochs}",
+                          unit="batch", mininterval=1.0, leave=False):
+                rows = order[s:s + batch_size]
+                on_device = torch.from_numpy(rows).to(device)
+                loss = distill_loss(model(*_bag_batch(x_train, rows, device)),
+                                    teacher[on_device] if alpha < 1 else None, labels[on_device] if alpha > 0 else None,
+                                    alpha, distill.loss, distill.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(rows)
+            dev, dev_loss = {}, {}
+            for split, x in x_evals.items():
+                logits = _bag_logits(model, x, device)
+                dev[split] = task_metrics(task, eval_tables[split].labels, logits.argmax(-1))
+                dev_loss[split] = _cross_entropy(logits, eval_tables[split].labels)
+            score = (dev[selection][metric], -dev_loss[selection])
+            improved = score > best["score"]
+            if improved:
+                best = {"score": score, "epoch": epoch, "dev": dev,
+                        "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+            train_loss = total / max(len(order), 1)
+            print(f"{task.name} {arch} epoch {epoch}: train loss {train_loss:.4f}, {selection} {metric} {score[0]:.4f}"
+                  + (" (best)" if improved else ""), file=sys.stderr)
+            _log_epoch(live, train_loss, dev, dev_loss)
+            if epoch - best["epoch"] >= distill.patience:
+                break
+    finally:
+        if live is not None:
+            live.end()
+
+    model.load_state_dict(best["state"])
+    config = {"task": task.name, "num_labels": task.num_labels, "label_names": list(task.label_names),
+              "pair": task.is_pair, "knobs": knobs.model_dump(),
+              "max_length": knobs.max_chars if arch == "ngram" else knobs.max_length}
+    with atomic_path(Path(out_dir), is_dir=True) as tmp:
+        if arch == "ngram":
+            from stages.models import ngram_model
+
+            ngram_model.save(tmp, Path(inputs_dir) / ngram_model.FEATURES_FILE, *model.layers(), config)
+        else:
+            from stages.models import static_model
+
+            static_model.save(tmp, inputs_dir, model.layers(), config)
+    head = sum(p.numel() for p in model.parameters())
+    embeddings = 0 if arch == "ngram" else int(np.prod(np.load(Path(out_dir) / "embeddings.npy", mmap_mode="r").shape))
+    return {
+        **best["dev"],
+        "params_all": int(head + embeddings),
+        "params_without_embeddings": int(head),
+        "best_epoch": best["epoch"],
+        "epochs_run": epochs_run,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "train_rows": len(train_table.labels),
+        "train_rows_with_label": int((train_table.labels >= 0).sum()),
+        "vocab_size": int(x_train.shape[1]) if arch == "ngram" else None,
+        "embedding_coverage": None,
+        "alpha": alpha,
+        "loss": loss_kind,
+        "batch_size": batch_size,
+        "device": str(device),
+        "arch": arch,
+    }

@@ -83,6 +83,10 @@ def load_model(export_dir: Path, backend: str, threads: int | None = None):
 
     if backend not in ONNX_BACKENDS:
         raise StageError(f"unknown backend {backend!r}; serve runs {' or '.join(ONNX_BACKENDS)}")
+    from stages.models import bag_students
+
+    if bag_students.config_arch(export_dir) in bag_students.BAG_ARCHS:
+        return bag_students.load_onnx(Path(export_dir), ONNX_BACKENDS[backend], threads=threads, spinning=False)
     return OnnxStudent(Path(export_dir), ONNX_BACKENDS[backend], threads=threads, spinning=False)
 
 
@@ -153,12 +157,14 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
     config = student.config
     labels, pair = list(config["label_names"]), bool(config["pair"])
 
-    from stages.models.onnx_student import MODEL_FILES
+    from stages.models.onnx_student import MODEL_FILES, OnnxStudent
     from stages.predict import ONNX_BACKENDS
     from stages.serving.padded import PaddedStudent
 
-    runner = PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads)
-    run = runner.predict_proba  # a batch of mixed lengths in one call where the graph allows
+    if isinstance(student, OnnxStudent):  # bilstm, cnn: a batch of mixed lengths in one call where the graph allows
+        run = PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads).predict_proba
+    else:  # ngram, static: their graph takes a whole batch of bags in one call already
+        run = student.predict_proba
 
     batcher = DynamicBatcher(run, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
                              enabled=batching.enabled)
