@@ -307,7 +307,8 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     checkpoint = None
     if checkpoint_root is not None:
         kind = "student" if use_teacher_logits else "baseline"
-        checkpoint = EpochCheckpoint(checkpoint_root, f"{task.name}-{kind}-seed-{seed}", input_key(
+        name = f"{task.name}-{kind}" + ("" if student.arch == "bilstm" else f"-{student.arch}")  # a run's own lock
+        checkpoint = EpochCheckpoint(checkpoint_root, f"{name}-seed-{seed}", input_key(
             [train_path, *sorted(p for p in Path(dev_dir).glob("*.parquet"))],
             {"student": student.model_dump(), "distill": distill.model_dump(), "seed": seed,
              "use_teacher_logits": use_teacher_logits, "device": device.type}))
