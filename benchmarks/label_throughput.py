@@ -25,7 +25,8 @@ import torch
 import typer
 
 from stages import paths
-from stages.label import label, load_teacher
+from stages.label import label
+from stages.models.teacher_model import load_teacher
 from stages.params import load_params
 from stages.runtime import resolve_device
 from stages.data.tasks import get_task

@@ -107,8 +107,7 @@ def batcher_alone(export_dir: Path, backend: str, items: list, total: int, concu
                   max_batch: int, max_wait_ms: float) -> float:
     """Sentences/s through the service's model and batcher in this process, without HTTP: what batching can
     gain when the model, not the web stack, is the cost."""
-    from stages.models.onnx_student import MODEL_FILES
-    from stages.predict import ONNX_BACKENDS
+    from stages.models.onnx_student import MODEL_FILES, ONNX_BACKENDS
     from stages.serving.app import load_model
     from stages.serving.batcher import DynamicBatcher
     from stages.serving.padded import PaddedStudent

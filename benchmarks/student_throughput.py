@@ -33,7 +33,9 @@ from stages import paths
 from stages.errors import StageError
 from stages.params import load_params
 from stages.runtime import resolve_device
-from stages.student import EVAL_BATCH, Student, _build, _OnDevice, _optimizer, _train_epoch, prepare_data
+from stages.models.predictor import EVAL_BATCH
+from stages.models.torch_student import OnDevice, Student, build_model
+from stages.student import make_optimizer, prepare_data, train_epoch
 from stages.data.tasks import get_task
 
 WARMUP_BATCHES = 20
@@ -44,21 +46,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _train_rate(model0, data: _OnDevice, distill, batching: str, batch_size: int, device, seed: int) -> float:
+def _train_rate(model0, data: OnDevice, distill, batching: str, batch_size: int, device, seed: int) -> float:
     model = copy.deepcopy(model0)
-    optimizer = _optimizer(model, distill)
+    optimizer = make_optimizer(model, distill)
     generator = torch.Generator().manual_seed(seed)
     batches = data.examples.batches(batching, batch_size, generator)
     kwargs = dict(alpha=distill.alpha, kind=distill.loss, temperature=distill.temperature, desc=batching)
-    _train_epoch(model, optimizer, data, batches[:WARMUP_BATCHES], **kwargs)
+    train_epoch(model, optimizer, data, batches[:WARMUP_BATCHES], **kwargs)
     _sync(device)
     start = time.perf_counter()
-    _train_epoch(model, optimizer, data, batches, **kwargs)
+    train_epoch(model, optimizer, data, batches, **kwargs)
     _sync(device)
     return len(data.examples) / (time.perf_counter() - start)
 
 
-def _lstm_ceiling(model0, data: _OnDevice, batch_size: int, device, seed: int) -> float:
+def _lstm_ceiling(model0, data: OnDevice, batch_size: int, device, seed: int) -> float:
     lstm = copy.deepcopy(model0.lstm).train()
     batches = data.examples.batches("buckets", batch_size, torch.Generator().manual_seed(seed))
     elapsed = 0.0
@@ -106,8 +108,8 @@ def main(task: str = typer.Option("rt", help="Task whose labelled transfer set t
     texts_b = originals["text_b"].to_pylist() if t.is_pair else None
 
     torch.manual_seed(p.seed)
-    model0 = _build(data.config, pretrained=data.embeddings).to(device)
-    on_device = _OnDevice(train, device)
+    model0 = build_model(data.config, pretrained=data.embeddings).to(device)
+    on_device = OnDevice(train, device)
     results = []
     for n in [int(x) for x in threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]:
         torch.set_num_threads(n)

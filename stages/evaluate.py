@@ -24,13 +24,11 @@ from torch import nn
 
 from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA, read_parquet
-from stages.label import load_teacher
 from stages.report.summary import SEEDED
 from stages.report.statistics import describe, ensemble_predictions, mcnemar_test, paired_t_test
-from stages.models import bag_students
-from stages.student import load_student
 from stages.data.tasks import Task
-from stages.models.teacher_model import batch_logits, encode_pairs, length_sorted_batches
+from stages.models.registry import load_predictor
+from stages.models.teacher_model import batch_logits, encode_pairs, length_sorted_batches, load_teacher
 
 MODELS = ("teacher", "baseline", "student")
 RUN_FILE = "run.json"
@@ -86,15 +84,8 @@ def reference_model(name: str, tokenizer, num_labels: int, device):
     return BertForSequenceClassification(config).to(device).eval()
 
 
-def _load_run(model_dir: Path, device):
-    """A trained student or baseline of any arch: bilstm and cnn in PyTorch, ngram and static in numpy."""
-    if bag_students.config_arch(model_dir) in bag_students.BAG_ARCHS:
-        return bag_students.load(model_dir)
-    return load_student(model_dir, device)
-
-
 def student_throughput(student_dir: Path, texts_a, texts_b, device, batch_size: int) -> float:
-    student = _load_run(student_dir, device)
+    student = load_predictor(student_dir, "torch", device)
     student.predict_logits(texts_a[:8], texts_b[:8] if texts_b else None, batch_size)  # warm-up
     return len(texts_a) / _timed(lambda: student.predict_logits(texts_a, texts_b, batch_size), device)
 
@@ -121,7 +112,7 @@ def evaluate(task: Task, raw_dir: Path, teacher_dir: Path, teacher_metrics: Path
                                     "seeds": {s: run_metrics[kind][s][split][m] for s in seeds}}
                                 for m in task.metrics} for split in task.eval_splits}
         for seed in seeds:
-            student = _load_run(runs[kind][seed][0], device)
+            student = load_predictor(runs[kind][seed][0], "torch", device)
             for split, table in evals.items():
                 texts_b = table["text_b"].to_pylist() if task.is_pair else None
                 probabilities[kind][split].append(student.predict_proba(table["text_a"].to_pylist(), texts_b))

@@ -21,11 +21,9 @@ from torch import nn
 from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet
 from stages.report.metrics import task_metrics
-from stages.models import bag_students
-from stages.models.bag_students import BAG_ARCHS, config_arch
-from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, TOKENIZER_FILE, OnnxStudent
-from stages.predict import ONNX_BACKENDS
-from stages.student import VOCAB_FILE, Student, load_student
+from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, ONNX_BACKENDS, TOKENIZER_FILE, OnnxStudent
+from stages.models.registry import EXPORTERS, exporter, load_predictor, student_arch
+from stages.models.torch_student import VOCAB_FILE, Student, load_student
 from stages.models.student_model import count_parameters
 from stages.data.tasks import Task
 
@@ -242,7 +240,7 @@ def _architecture(task: Task, config: dict, shape: str) -> str:
 
 def _how_to_use(task: Task, config: dict, inputs: str, model_file: str, backend: str, cli_example: str,
                 py_example: str) -> str:
-    if config.get("arch") in BAG_ARCHS:
+    if config.get("arch") in EXPORTERS:
         files = "`features.json` (the n-gram featurizer)" if config["arch"] == "ngram" else "`tokenizer.json` (the teacher's word pieces)"
         return f"""## How to use
 
@@ -286,7 +284,7 @@ def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *,
     cnn, static) or features.json (ngram); return the comparison of the reference and the ONNX backends."""
     if str(seed) not in report["scores"]["student"][task.selection_split][task.metrics[0]]["seeds"]:
         raise StageError(f"seed {seed} is not in the evaluate report's seeds {report['seeds']}; rerun evaluate")
-    if config_arch(model_dir) in BAG_ARCHS:
+    if student_arch(model_dir) in EXPORTERS:
         return _export_bag(task, model_dir, raw_dir, out_dir, seed=seed, report=report, teacher=teacher, data=data,
                            batch_size=batch_size, throughput_sentences=throughput_sentences)
     student = load_student(model_dir, "cpu")
@@ -306,13 +304,14 @@ def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *,
 
 def _export_bag(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict, teacher: dict,
                 data: dict, batch_size: int, throughput_sentences: int) -> dict:
-    """The ngram or static student (stages/models/bag_students.py): its ONNX graph, compared with its numpy run."""
-    student = bag_students.load(model_dir)
+    """The ngram or static student (docs/students.md): its ONNX graph, compared with its numpy run."""
+    student = load_predictor(model_dir, "torch")  # numpy for these archs
+    backend_of = {variant: backend for backend, variant in ONNX_BACKENDS.items()}
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
-        config = {**bag_students.export(model_dir, tmp), "seed": seed}
+        config = {**exporter(student_arch(model_dir))(model_dir, tmp), "seed": seed}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         comparison = compare_backends(
             task, student, tmp, raw_dir, batch_size=batch_size, throughput_sentences=throughput_sentences,
-            reference="numpy", open_onnx=lambda d, variant, threads: bag_students.load_onnx(d, variant, threads))
+            reference="numpy", open_onnx=lambda d, variant, threads: load_predictor(d, backend_of[variant], threads=threads))
         (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data))
     return {"task": task.name, "seed": seed, "arch": config["arch"], **comparison}

@@ -23,8 +23,7 @@ from stages.data.locks import RunLock
 from stages.data.io import LABELED_SCHEMA, TRANSFER_SCHEMA, input_key, read_parquet, remove_other_keys, write_parquet
 from stages.data.tasks import Task
 from stages.models.precision import with_precision
-from stages.models.teacher_model import (ResolvedModel, batch_logits, encode_pairs, length_sorted_batches,
-                                  load_for_classification)
+from stages.models.teacher_model import batch_logits, encode_pairs, length_sorted_batches, load_teacher
 
 if TYPE_CHECKING:
     from stages.ray_labeling import RaySettings
@@ -34,13 +33,6 @@ def labeling_key(transfer_path: Path, teacher_dir: Path, max_length: int, precis
     """Hash of everything that decides the logits: the transfer file, the teacher's files, max_length, precision."""
     teacher_files = sorted(p for p in Path(teacher_dir).rglob("*") if p.is_file())
     return input_key([transfer_path, *teacher_files], {"max_length": max_length, "precision": precision})
-
-
-def load_teacher(teacher_dir: Path, device: torch.device):
-    if not (Path(teacher_dir) / "config.json").exists():
-        raise StageError(f"no trained teacher in {teacher_dir}: run the teacher stage first")
-    tokenizer, model = load_for_classification(ResolvedModel(str(teacher_dir), str(teacher_dir), "local path"))
-    return tokenizer, model.to(device).eval()
 
 
 def teacher_num_labels(teacher_dir: Path) -> int:

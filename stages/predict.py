@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stages.errors import StageError
-
-ONNX_BACKENDS = {"onnx": "fp32", "onnx-int8": "int8"}  # backend name -> exported file (onnx_student.MODEL_FILES)
-BACKENDS = ("torch", *ONNX_BACKENDS)
+from stages.models.predictor import Predictor
+from stages.models.registry import TORCH_ARCHS, load_predictor, student_arch
 
 
 @dataclass(frozen=True)
@@ -81,31 +80,18 @@ def _is_pair(parts: list[str]) -> bool:
     return len(parts) == 2 and bool(parts[0].strip()) and bool(parts[1].strip())
 
 
-def _load(model_dir: Path, backend: str, device: str):
-    from stages.models import bag_students
+def _load(model_dir: Path, backend: str, device: str) -> Predictor:
+    if backend == "torch" and student_arch(model_dir) in TORCH_ARCHS:
+        from stages.runtime import resolve_device  # imports PyTorch: only for the torch backend
 
-    if backend not in BACKENDS:
-        raise StageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if bag_students.config_arch(model_dir) in bag_students.BAG_ARCHS:  # ngram, static: never PyTorch
-        if backend == "torch":
-            return bag_students.load(model_dir)
-        return bag_students.load_onnx(model_dir, ONNX_BACKENDS[backend])
-    if backend == "torch":
-        from stages.runtime import resolve_device
-        from stages.student import load_student
-
-        return load_student(model_dir, resolve_device(device))
-    if backend in ONNX_BACKENDS:
-        from stages.models.onnx_student import OnnxStudent
-
-        return OnnxStudent(model_dir, ONNX_BACKENDS[backend])
-    raise StageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        return load_predictor(model_dir, backend, resolve_device(device))
+    return load_predictor(model_dir, backend)
 
 
 def answer(model_dir: Path, items: list[Item], device: str = "cpu", backend: str = "torch") -> list[dict]:
     """One row per item, in order: {"text", "label", "probabilities"}, or {"input", "error"} for a refused one."""
     student = _load(Path(model_dir), backend, device)
-    label_names, pair = student.config["label_names"], student.config["pair"]
+    label_names, pair = student.labels, student.pair
     checked = []
     for item in items:
         if item.error is None and pair and not _is_pair(item.text.split("\t")):

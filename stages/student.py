@@ -8,7 +8,6 @@ the same model, optimiser and selection, so the two differ only in what they lea
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -20,73 +19,22 @@ import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
-from stages.models.batching import DeviceTokens, TokenIds, bucket_batches, inference_batches, sorted_window_batches
 from stages.models.checkpoint import EpochCheckpoint
 from stages.errors import StageError
 from stages.data.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, input_key, read_parquet
 from stages.report.metrics import task_metrics
 from stages.params import DistillParams, StudentParams
 from stages.runtime import seed_everything
-from stages.models.cnn_model import CNNClassifier
-from stages.models.student_model import BiLSTMClassifier, StudentClassifier, count_parameters, distill_loss
+from stages.models.predictor import EVAL_BATCH
+from stages.models.student_model import StudentClassifier, count_parameters, distill_loss
+from stages.models.torch_student import (CONFIG_FILE, MODEL_FILE, VOCAB_FILE, Examples, OnDevice, build_model,
+                                         encode_texts, model_logits)
 from stages.data.tasks import Task
 from stages.models.vocab import Vocab, embedding_dim, load_embeddings
 
-MODEL_FILE, CONFIG_FILE, VOCAB_FILE = "model.pt", "config.json", "tokenizer.json"
-EVAL_BATCH = 512
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass
-class _Examples:
-    a: TokenIds
-    b: TokenIds | None
-    labels: np.ndarray  # int64, -1 = no hard label
-    logits: np.ndarray | None  # float32 (n, num_labels), the teacher's
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def sizes(self) -> np.ndarray:
-        return self.a.lengths + (self.b.lengths if self.b is not None else 0)
-
-    def take(self, rows: np.ndarray) -> _Examples:
-        return _Examples(self.a.take(rows), self.b.take(rows) if self.b is not None else None, self.labels[rows],
-                         self.logits[rows] if self.logits is not None else None)
-
-    def batches(self, batching: str, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
-        if batching == "buckets":
-            return bucket_batches(self.a.steps, batch_size, generator)
-        return sorted_window_batches(self.sizes(), batch_size, generator)
-
-
-class _OnDevice:
-    """Examples moved to the device once; yields each batch's rows and model inputs without host copies."""
-
-    def __init__(self, examples: _Examples, device: torch.device):
-        self.examples, self.device = examples, device
-        self.a = DeviceTokens(examples.a, device)
-        self.b = DeviceTokens(examples.b, device) if examples.b is not None else None
-        self.labels = torch.from_numpy(examples.labels).to(device)
-        self.logits = torch.from_numpy(examples.logits).to(device) if examples.logits is not None else None
-
-    def batches(self, batches: list[np.ndarray]):
-        if not batches:
-            return
-        # every batch's row indices reach the device in one copy per pass, not one per batch
-        flat = torch.from_numpy(np.concatenate(batches)).to(self.device)
-        start = 0
-        for rows in batches:
-            on_device = flat[start:start + len(rows)]
-            start += len(rows)
-            ids_a, len_a = self.a.gather(rows, on_device)
-            inputs = {"ids_a": ids_a, "len_a": len_a}
-            if self.b is not None:
-                ids_b, len_b = self.b.gather(rows, on_device)
-                inputs.update(ids_b=ids_b, len_b=len_b)
-            yield on_device, inputs
 
 
 @dataclass
@@ -162,20 +110,16 @@ def _read_eval(dev_dir: Path, split: str, task: Task) -> _Table:
     return _Table(texts_a, texts_b, _labels(table, task, path), None, np.arange(0))
 
 
-def _encode(table: _Table, vocab: Vocab, max_length: int) -> _Examples:
-    def encode(texts: list[str]) -> TokenIds:
-        return TokenIds.from_lists(vocab.encode_iter(texts, max_length))
-
-    b = encode(table.texts_b) if table.texts_b is not None else None
-    return _Examples(encode(table.texts_a), b, table.labels, table.logits)
+def _encode(table: _Table, vocab: Vocab, max_length: int) -> Examples:
+    return encode_texts(vocab, max_length, table.texts_a, table.texts_b, table.labels, table.logits)
 
 
 @dataclass
 class PreparedData:
     """What a student trains on: the encoded rows, its vocabulary and initial vectors, its config."""
 
-    train: _Examples
-    evals: dict[str, _Examples]
+    train: Examples
+    evals: dict[str, Examples]
     vocab: Vocab
     embeddings: torch.Tensor | None  # (vocab, dim) initial vectors; None for embedding_mode "rand"
     coverage: float | None
@@ -215,25 +159,6 @@ def prepare_data(task: Task, train_path: Path, dev_dir: Path, student: StudentPa
                         vocab, matrix, coverage, config)
 
 
-@torch.inference_mode()
-def _predict_logits(model: StudentClassifier, data: _OnDevice, batch_size: int = EVAL_BATCH,
-                    exact: bool | None = None) -> np.ndarray:
-    """Logits in row order. exact: batches of one first-text length (dense LSTM calls), the faster choice on
-    a CPU (1.2-1.4x, benchmarks/student_throughput.py); False: length-sorted batches of mixed lengths, packed,
-    which cuDNN runs faster (1.4x on an H200: fewer, fuller batches). Neither reads a padded step; None picks
-    by device."""
-    if exact is None:
-        exact = data.device.type == "cpu"
-    model.eval()
-    a, b = data.examples.a, data.examples.b
-    second = b.steps if b is not None else None
-    batches = inference_batches(a.steps, batch_size, exact=exact, second=second)
-    out = torch.zeros((len(data.examples), model.out.out_features), device=data.device)
-    for rows, inputs in data.batches(batches):
-        out[rows] = model(**inputs).float()
-    return out.cpu().numpy()
-
-
 def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean cross-entropy over the labelled rows (NaN when none is labelled)."""
     known = labels >= 0
@@ -245,7 +170,7 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 # --------------------------------------------------------------------------- training
 
 
-def _optimizer(model: StudentClassifier, distill: DistillParams) -> torch.optim.Optimizer:
+def make_optimizer(model: StudentClassifier, distill: DistillParams) -> torch.optim.Optimizer:
     trainable = [p for p in model.parameters() if p.requires_grad]
     # foreach: one multi-tensor kernel per update op instead of one per parameter (~8% faster per step on
     # a 2-core CPU, measured with benchmarks/student_throughput.py; CUDA already defaults to it)
@@ -292,12 +217,12 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     data = prepare_data(task, train_path, dev_dir, student, seed=seed, use_teacher_logits=use_teacher_logits,
                         needs_labels=alpha == 1)
     vocab, config, matrix, coverage = data.vocab, data.config, data.embeddings, data.coverage
-    train = _OnDevice(data.train, device)
-    evals = {split: _OnDevice(examples, device) for split, examples in data.evals.items()}
+    train = OnDevice(data.train, device)
+    evals = {split: OnDevice(examples, device) for split, examples in data.evals.items()}
     del data
 
-    model = _build(config, pretrained=matrix).to(device)
-    optimizer = _optimizer(model, distill)
+    model = build_model(config, pretrained=matrix).to(device)
+    optimizer = make_optimizer(model, distill)
     batch_size = distill.batch_size or task.student_batch_size
     generator = torch.Generator().manual_seed(seed)
     selection, metric = task.selection_split, task.metrics[0]
@@ -327,12 +252,12 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
         for epoch in range(first, distill.epochs + 1):
             epochs_run = epoch
             batches = train.examples.batches(distill.batching, batch_size, generator)
-            train_loss = _train_epoch(model, optimizer, train, batches, alpha=alpha,
+            train_loss = train_epoch(model, optimizer, train, batches, alpha=alpha,
                                       kind=distill.loss, temperature=distill.temperature,
                                       desc=f"{task.name} epoch {epoch}/{distill.epochs}")
             dev, dev_loss = {}, {}
             for split, ex in evals.items():
-                logits = _predict_logits(model, ex)
+                logits = model_logits(model, ex)
                 dev[split] = task_metrics(task, ex.examples.labels, logits.argmax(-1))
                 dev_loss[split] = _cross_entropy(logits, ex.examples.labels)
             # Ties on the metric (common on small dev sets) go to the lower dev cross-entropy, not the earlier epoch.
@@ -379,7 +304,7 @@ def train_student(task: Task, train_path: Path, dev_dir: Path, out_dir: Path, *,
     }
 
 
-def _train_epoch(model: StudentClassifier, optimizer: torch.optim.Optimizer, train: _OnDevice,
+def train_epoch(model: StudentClassifier, optimizer: torch.optim.Optimizer, train: OnDevice,
                  batches: list[np.ndarray], *, alpha: float, kind: str, temperature: float, desc: str) -> float:
     """One pass over `batches`; returns the mean training loss. The loss stays on the device until the
     end of the pass: a `.item()` per step would make every step wait for the device."""
@@ -397,62 +322,6 @@ def _train_epoch(model: StudentClassifier, optimizer: torch.optim.Optimizer, tra
             seen += len(rows)
             bar.update()
     return total.item() / max(seen, 1)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _build(config: dict, pretrained: torch.Tensor | None = None) -> StudentClassifier:
-    """The student that config.json describes: the BiLSTM (the paper's), or Kim (2014)'s CNN."""
-    shared = dict(emb_dim=config["emb_dim"], fc=config["fc"], dropout=config["dropout"], pair=config["pair"],
-                  embedding_mode=config["embedding_mode"], pretrained=pretrained)
-    if config.get("arch", "bilstm") == "cnn":
-        return CNNClassifier(config["vocab_size"], config["num_labels"], widths=tuple(config["widths"]),
-                             maps=config["maps"], **shared)
-    return BiLSTMClassifier(config["vocab_size"], config["num_labels"], hidden=config["hidden"], **shared)
-
-
-class Student:
-    """A trained student ready for inference: raw texts in, class probabilities out."""
-
-    def __init__(self, model: StudentClassifier, vocab: Vocab, config: dict, device: torch.device):
-        self.model, self.vocab, self.config, self.device = model.eval(), vocab, config, device
-
-    def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None,
-                       batch_size: int = EVAL_BATCH, exact: bool | None = None) -> np.ndarray:
-        if self.config["pair"] != (texts_b is not None):
-            raise StageError(f"the {self.config['task']} student expects "
-                             + ("sentence pairs" if self.config["pair"] else "single sentences"))
-        if texts_b is not None and len(texts_b) != len(texts_a):
-            raise StageError(f"{len(texts_a)} first sentences but {len(texts_b)} second ones")
-        table = _Table(list(texts_a), list(texts_b) if texts_b is not None else None,
-                       np.full(len(texts_a), -1, np.int64), None, np.arange(0))
-        examples = _encode(table, self.vocab, self.config["max_length"])
-        return _predict_logits(self.model, _OnDevice(examples, self.device), batch_size, exact=exact)
-
-    def predict_proba(self, texts_a: list[str], texts_b: list[str] | None = None,
-                      batch_size: int = EVAL_BATCH) -> np.ndarray:
-        logits = torch.from_numpy(self.predict_logits(texts_a, texts_b, batch_size))
-        return torch.softmax(logits, dim=-1).numpy()
-
-
-def load_student(model_dir: Path, device: torch.device | str = "cpu") -> Student:
-    """Rebuild a saved student from model_dir alone (the pretrained vectors are in its state_dict)."""
-    model_dir, device = Path(model_dir), torch.device(device)
-    missing = [name for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE) if not (model_dir / name).is_file()]
-    if missing:
-        raise StageError(f"{model_dir} is not a saved student (missing {', '.join(missing)}); "
-                         "run the student or baseline stage first")
-    try:
-        config = json.loads((model_dir / CONFIG_FILE).read_text())
-        model = _build(config)
-        model.load_state_dict(torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise StageError(f"{model_dir} holds a corrupt or incompatible student ({str(e).splitlines()[0]})") from None
-    vocab = Vocab.load(model_dir / VOCAB_FILE)
-    if len(vocab) != config["vocab_size"]:
-        raise StageError(f"{model_dir}: {VOCAB_FILE} has {len(vocab)} words but config.json says {config['vocab_size']}")
-    return Student(model.to(device), vocab, config, device)
 
 
 # --------------------------------------------------------------------------- the bag students (ngram, static)
@@ -512,7 +381,7 @@ def train_bag_student(task: Task, arch: str, train_path: Path, dev_dir: Path, in
     else:
         model = StaticHead(x_train.shape[1], task.num_labels, knobs.hidden, knobs.dropout)
     model = model.to(device)
-    optimizer = _optimizer(model, distill)
+    optimizer = make_optimizer(model, distill)
     batch_size = distill.batch_size or task.student_batch_size
     generator = torch.Generator().manual_seed(seed)
     labels = torch.from_numpy(train_table.labels).to(device)

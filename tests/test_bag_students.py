@@ -17,7 +17,7 @@ from stages.data.io import LABELED_SCHEMA
 from stages.data.tasks import Task, get_task
 from stages.errors import StageError
 from stages.inputs import build_inputs
-from stages.models import bag_students
+from stages.models.registry import load_predictor
 from stages.models.ngram_model import NgramFeaturizer
 from stages.params import DistillParams, NgramParams, StaticParams
 from stages.student import train_bag_student
@@ -64,7 +64,7 @@ def test_the_ngram_student_reproduces_what_it_is_fitted_to(separable, tmp_path, 
                                                       lr=0.1), device=CPU, seed=0, use_teacher_logits=True)
     table = pq.read_table(separable / "labeled.parquet").to_pydict()
     target = np.array(table["teacher_label"] if follows == "teacher" else table["label"])
-    predicted = bag_students.load(tmp_path / "m").predict_logits(table["text_a"]).argmax(1)
+    predicted = load_predictor(tmp_path / "m").predict_logits(table["text_a"]).argmax(1)
     assert (predicted == target).all(), f"{(predicted != target).sum()} of {len(target)} differ"
     assert metrics["alpha"] == alpha and metrics["loss"] == ("mse" if alpha < 1 else "ce") and metrics["arch"] == "ngram"
     if follows == "teacher":

@@ -8,7 +8,8 @@ import torch
 
 from stages.models.cnn_model import CNNClassifier
 from stages.params import DistillParams, StudentParams
-from stages.student import load_student, train_student
+from stages.models.torch_student import load_student
+from stages.student import train_student
 from stages.models.student_model import count_parameters
 from stages.data.tasks import get_task
 from tests.test_export import _report, _train

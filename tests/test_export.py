@@ -16,7 +16,8 @@ import pytest
 from stages.export import export_student, model_card, recommended_variant
 from stages.models.onnx_student import OnnxStudent, length_groups
 from stages.params import DistillParams, StudentParams
-from stages.student import load_student, train_student
+from stages.models.torch_student import load_student
+from stages.student import train_student
 from stages.data.tasks import get_task
 from stages.models.vocab import Vocab
 from tests.conftest import REPO, SHARED_GLUE

@@ -33,7 +33,7 @@ def _export(root: Path, task_name: str) -> Path:
 
     from stages.export import export_onnx, quantize_int8
     from stages.models.vocab import Vocab
-    from stages.student import Student, _build
+    from stages.models.torch_student import Student, build_model
 
     task = get_task(task_name)
     torch.manual_seed(0)
@@ -43,7 +43,7 @@ def _export(root: Path, task_name: str) -> Path:
               "embedding_mode": "rand", "embeddings": "random", "max_length": 16, "arch": "bilstm"}
     out = root / task_name
     out.mkdir(parents=True)
-    export_onnx(Student(_build(config), vocab, config, torch.device("cpu")), out / "model.onnx")
+    export_onnx(Student(build_model(config), vocab, config, torch.device("cpu")), out / "model.onnx")
     quantize_int8(out / "model.onnx", out / "model.int8.onnx")
     vocab.save(out / "tokenizer.json")
     (out / "config.json").write_text(json.dumps(config))
@@ -196,7 +196,7 @@ def test_one_padded_call_gives_each_rows_own_logits(exports, task_name):
     texts_b = list(reversed(texts_a)) if student.config["pair"] else None
     one_by_one = np.concatenate([student.predict_logits(texts_a[i:i + 1], texts_b[i:i + 1] if texts_b else None)
                                  for i in range(len(texts_a))])
-    assert padded.padded and len(set(student._ids(texts_a)[1].tolist())) > 2
+    assert padded.padded and len(set(student.encode_ids(texts_a)[1].tolist())) > 2
     np.testing.assert_allclose(padded.predict_logits(texts_a, texts_b), one_by_one, atol=1e-5)
 
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from stages.errors import StageError
 from stages.params import DistillParams, StudentParams
 from stages.data.io import LABELED_SCHEMA
-from stages.student import load_student, train_student
+from stages.models.torch_student import load_student
+from stages.student import train_student
 from stages.models.student_model import BiLSTMClassifier, count_parameters, distill_loss
 from stages.data.tasks import get_task
 from stages.data.text import MASK
@@ -348,7 +349,7 @@ def test_a_killed_run_resumes_after_its_last_epoch_with_the_same_result(rt_data,
     whole = baseline(rt_data, tmp_path / "whole", live_dir=tmp_path / "live-whole", dropout=0.3)
 
     # killed during epoch 4: epochs 1-3 are saved
-    real_epoch, calls = student_module._train_epoch, []
+    real_epoch, calls = student_module.train_epoch, []
 
     def dies_in_epoch_4(*args, **kwargs):
         calls.append(1)
@@ -356,7 +357,7 @@ def test_a_killed_run_resumes_after_its_last_epoch_with_the_same_result(rt_data,
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(student_module, "_train_epoch", dies_in_epoch_4)
+    monkeypatch.setattr(student_module, "train_epoch", dies_in_epoch_4)
     with pytest.raises(KeyboardInterrupt):
         run("resumed", "live-resumed")
     assert not (tmp_path / "resumed").exists()

@@ -119,8 +119,3 @@ class BagSession:
         for side in sides:
             feed.update(side)
         return self.session.run(None, feed)[0]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)

@@ -25,7 +25,8 @@ import numpy as np
 
 from stages.data.text import MASK, WORD_PATTERN
 from stages.errors import StageError
-from stages.models.bag_onnx import MODEL_FILES, BagSession, build_graph, csr_feed, quantize_int8, softmax
+from stages.models.bag_onnx import MODEL_FILES, BagSession, build_graph, csr_feed, quantize_int8
+from stages.models.predictor import Predictor
 
 FEATURES_FILE, WEIGHTS_FILE, CONFIG_FILE = "features.json", "weights.npz", "config.json"
 ARCH = "ngram"
@@ -143,29 +144,16 @@ def save(out_dir: Path, features_file: Path, weight: np.ndarray, bias: np.ndarra
     (out_dir / CONFIG_FILE).write_text(json.dumps({**config, "arch": ARCH}, indent=2) + "\n")
 
 
-class _Checked:
-    """What every n-gram predictor shares: the config, the featurizer and the input checks."""
+class _Ngram(Predictor):
+    """What both n-gram predictors share: the config and the featurizer."""
 
-    config: dict
     featurizer: NgramFeaturizer
 
-    @property
-    def labels(self) -> list[str]:
-        return list(self.config["label_names"])
-
-    def _features(self, texts_a, texts_b):
-        if self.config["pair"] != (texts_b is not None):
-            raise StageError(f"the {self.config['task']} student expects "
-                             + ("sentence pairs" if self.config["pair"] else "single sentences"))
-        if texts_b is not None and len(texts_b) != len(texts_a):
-            raise StageError(f"{len(texts_a)} first sentences but {len(texts_b)} second ones")
-        return self.featurizer.features(list(texts_a), list(texts_b) if texts_b is not None else None)
-
-    def predict_proba(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
-        return softmax(self.predict_logits(texts_a, texts_b, batch_size))
+    def features(self, texts_a: list[str], texts_b: list[str] | None = None):
+        return self.featurizer.features(texts_a, texts_b)
 
 
-class NgramStudent(_Checked):
+class NgramStudent(_Ngram):
     """A trained n-gram student from its directory: numpy and scipy (features @ W + b)."""
 
     def __init__(self, model_dir: Path):
@@ -173,18 +161,21 @@ class NgramStudent(_Checked):
         _check(model_dir, (FEATURES_FILE, WEIGHTS_FILE, CONFIG_FILE), "a saved n-gram student")
         self.config = _read_config(model_dir)
         self.featurizer = NgramFeaturizer.load(model_dir / FEATURES_FILE)
-        with np.load(model_dir / WEIGHTS_FILE) as saved:
-            self.weight, self.bias = saved["W"], saved["b"]
+        try:
+            with np.load(model_dir / WEIGHTS_FILE) as saved:
+                self.weight, self.bias = saved["W"], saved["b"]
+        except (OSError, ValueError, KeyError) as e:
+            raise StageError(f"{model_dir / WEIGHTS_FILE} is not an n-gram student's weights ({e})") from None
         width = self.featurizer.width * (3 if self.config["pair"] else 1)
         if self.weight.shape != (width, self.config["num_labels"]):
             raise StageError(f"{model_dir / WEIGHTS_FILE}: W has shape {self.weight.shape}, the features and labels "
                              f"make {(width, self.config['num_labels'])}")
 
-    def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
-        return np.asarray(self._features(texts_a, texts_b) @ self.weight + self.bias, np.float32)
+    def compute_logits(self, texts_a: list[str], texts_b: list[str] | None, batch_size: int) -> np.ndarray:
+        return np.asarray(self.features(texts_a, texts_b) @ self.weight + self.bias, np.float32)
 
 
-class OnnxNgram(_Checked):
+class OnnxNgram(_Ngram):
     """An exported n-gram student: the featurizer in numpy, the sum and the bias in onnxruntime."""
 
     def __init__(self, export_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True):
@@ -194,13 +185,22 @@ class OnnxNgram(_Checked):
         self.featurizer = NgramFeaturizer.load(export_dir / FEATURES_FILE)
         self.session = BagSession(export_dir, variant, threads, spinning)
 
-    def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
-        x = self._features(texts_a, texts_b)
+    def compute_logits(self, texts_a: list[str], texts_b: list[str] | None, batch_size: int) -> np.ndarray:
+        x = self.features(texts_a, texts_b)
         out = np.zeros((x.shape[0], self.config["num_labels"]), np.float32)
         for start in range(0, x.shape[0], batch_size):
             part = x[start:start + batch_size]
             out[start:start + part.shape[0]] = self.session.run(part.shape[0], csr_feed(part.indptr, part.indices, part.data))
         return out
+
+
+def load_student(model_dir: Path, device=None) -> NgramStudent:
+    """The registry's loader (stages/models/registry.py); `device` is unused: the n-gram student runs in numpy."""
+    return NgramStudent(model_dir)
+
+
+def load_onnx(export_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True) -> OnnxNgram:
+    return OnnxNgram(export_dir, variant, threads, spinning)
 
 
 def export(model_dir: Path, out_dir: Path) -> dict:

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import StageError
+from stages.models.predictor import EVAL_BATCH, Predictor
 from stages.models.vocab import PAD_ID, Vocab
 
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+ONNX_BACKENDS = {"onnx": "fp32", "onnx-int8": "int8"}  # backend name (predict --backend, serve) -> MODEL_FILES key
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "config.json"
 
 
@@ -66,8 +68,8 @@ def session_options(threads: int | None = None, spinning: bool = True):
     return options
 
 
-class OnnxStudent:
-    """Raw texts in, logits or class probabilities out, through onnxruntime."""
+class OnnxStudent(Predictor):
+    """Raw texts in, logits or class probabilities out, through onnxruntime (a `Predictor`)."""
 
     def __init__(self, model_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
@@ -89,19 +91,16 @@ class OnnxStudent:
         except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
             raise StageError(f"{model_dir / MODEL_FILES[variant]} is not a loadable ONNX model ({e})") from None
 
-    def _ids(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
-        # An empty text is read as one <pad> step, as the PyTorch student reads it.
+    def encode_ids(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Each text's token ids (an empty text is read as one <pad> step, as the PyTorch student reads it)
+        and their lengths."""
         ids = [row or [PAD_ID] for row in self.vocab.encode_batch(list(texts), self.config["max_length"])]
         return ids, np.array([len(row) for row in ids], dtype=np.int64)
 
-    def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
-        if self.config["pair"] != (texts_b is not None):
-            raise StageError(f"the {self.config['task']} student expects "
-                             + ("sentence pairs" if self.config["pair"] else "single sentences"))
-        if texts_b is not None and len(texts_b) != len(texts_a):
-            raise StageError(f"{len(texts_a)} first sentences but {len(texts_b)} second ones")
-        ids_a, len_a = self._ids(texts_a)
-        ids_b, len_b = self._ids(texts_b) if texts_b is not None else (None, None)
+    def compute_logits(self, texts_a: list[str], texts_b: list[str] | None,
+                       batch_size: int = EVAL_BATCH) -> np.ndarray:
+        ids_a, len_a = self.encode_ids(texts_a)
+        ids_b, len_b = self.encode_ids(texts_b) if texts_b is not None else (None, None)
         logits = np.zeros((len(texts_a), self.config["num_labels"]), dtype=np.float32)
         for rows in length_groups(len_a, len_b, batch_size):
             feed = {"ids_a" if ids_b is not None else "ids": np.array([ids_a[r] for r in rows], dtype=np.int64)}
@@ -109,8 +108,3 @@ class OnnxStudent:
                 feed["ids_b"] = np.array([ids_b[r] for r in rows], dtype=np.int64)
             logits[rows] = self.session.run(None, feed)[0]
         return logits
-
-    def predict_proba(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
-        logits = self.predict_logits(texts_a, texts_b, batch_size)
-        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return exp / exp.sum(axis=-1, keepdims=True)

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import StageError
-from stages.models.bag_onnx import MODEL_FILES, BagSession, build_graph, csr_feed, quantize_int8, softmax
+from stages.models.bag_onnx import MODEL_FILES, BagSession, build_graph, csr_feed, quantize_int8
+from stages.models.predictor import Predictor
 
 EMBEDDINGS_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CONFIG_FILE = "embeddings.npy", "tokenizer.json", "weights.npz", "config.json"
 INFO_FILE = "embeddings.json"
@@ -143,24 +144,13 @@ def _read_layers(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
         raise StageError(f"{path} is not a static student's head ({str(e).splitlines()[0]})") from None
 
 
-class _Static:
-    config: dict
+class _Static(Predictor):
+    """What both static predictors share: the config and the word pieces."""
+
     pieces: Pieces
 
-    @property
-    def labels(self) -> list[str]:
-        return list(self.config["label_names"])
-
-    def _bags(self, texts_a, texts_b):
-        if self.config["pair"] != (texts_b is not None):
-            raise StageError(f"the {self.config['task']} student expects "
-                             + ("sentence pairs" if self.config["pair"] else "single sentences"))
-        if texts_b is not None and len(texts_b) != len(texts_a):
-            raise StageError(f"{len(texts_a)} first sentences but {len(texts_b)} second ones")
+    def bags(self, texts_a: list[str], texts_b: list[str] | None):
         return [self.pieces.bags(texts) for texts in ((texts_a,) if texts_b is None else (texts_a, texts_b))]
-
-    def predict_proba(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
-        return softmax(self.predict_logits(texts_a, texts_b, batch_size))
 
 
 def _open(directory: Path, needed: tuple[str, ...], what: str) -> dict:
@@ -183,10 +173,10 @@ class StaticStudent(_Static):
         self.pieces = Pieces(model_dir / TOKENIZER_FILE, self.config["max_length"], len(self.table))
 
     def features(self, texts_a: list[str], texts_b: list[str] | None = None) -> np.ndarray:
-        pooled = [pool(self.table, bag) for bag in self._bags(texts_a, texts_b)]
+        pooled = [pool(self.table, bag) for bag in self.bags(texts_a, texts_b)]
         return pooled[0] if len(pooled) == 1 else pair_features(*pooled)
 
-    def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
+    def compute_logits(self, texts_a: list[str], texts_b: list[str] | None, batch_size: int) -> np.ndarray:
         h = self.features(texts_a, texts_b)
         for i, (weight, bias) in enumerate(self.layers):
             h = h @ weight + bias
@@ -207,14 +197,23 @@ class OnnxStatic(_Static):
         self.pieces = Pieces(export_dir / TOKENIZER_FILE, self.config["max_length"], rows)
         self.session = BagSession(export_dir, variant, threads, spinning)
 
-    def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None, batch_size: int = 512) -> np.ndarray:
+    def compute_logits(self, texts_a: list[str], texts_b: list[str] | None, batch_size: int) -> np.ndarray:
         out = np.zeros((len(texts_a), self.config["num_labels"]), np.float32)
         for start in range(0, len(texts_a), batch_size):
             part_b = texts_b[start:start + batch_size] if texts_b is not None else None
-            bags = self._bags(texts_a[start:start + batch_size], part_b)
+            bags = self.bags(texts_a[start:start + batch_size], part_b)
             feeds = [csr_feed(*bag, side=side) for bag, side in zip(bags, "ab")]
             out[start:start + len(bags[0][0]) - 1] = self.session.run(len(bags[0][0]) - 1, *feeds)
         return out
+
+
+def load_student(model_dir: Path, device=None) -> StaticStudent:
+    """The registry's loader (stages/models/registry.py); `device` is unused: the static student runs in numpy."""
+    return StaticStudent(model_dir)
+
+
+def load_onnx(export_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True) -> OnnxStatic:
+    return OnnxStatic(export_dir, variant, threads, spinning)
 
 
 def export(model_dir: Path, out_dir: Path) -> dict:

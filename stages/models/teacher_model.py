@@ -117,3 +117,11 @@ def batch_logits(model, batches, n_rows: int, device: torch.device, progress=Non
         if progress is not None:
             progress.update(len(rows))
     return out
+
+
+def load_teacher(teacher_dir: Path, device: torch.device):
+    """The fine-tuned teacher in teacher_dir (the teacher stage's output): its tokenizer and the model in eval mode."""
+    if not (Path(teacher_dir) / "config.json").exists():
+        raise StageError(f"no trained teacher in {teacher_dir}: run the teacher stage first")
+    tokenizer, model = load_for_classification(ResolvedModel(str(teacher_dir), str(teacher_dir), "local path"))
+    return tokenizer, model.to(device).eval()

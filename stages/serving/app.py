@@ -78,16 +78,13 @@ def recommended_backend(export_dir: Path) -> str:
 
 
 def load_model(export_dir: Path, backend: str, threads: int | None = None):
-    from stages.models.onnx_student import OnnxStudent
-    from stages.predict import ONNX_BACKENDS
+    from stages.models.onnx_student import ONNX_BACKENDS
 
     if backend not in ONNX_BACKENDS:
         raise StageError(f"unknown backend {backend!r}; serve runs {' or '.join(ONNX_BACKENDS)}")
-    from stages.models import bag_students
+    from stages.models.registry import load_predictor
 
-    if bag_students.config_arch(export_dir) in bag_students.BAG_ARCHS:
-        return bag_students.load_onnx(Path(export_dir), ONNX_BACKENDS[backend], threads=threads, spinning=False)
-    return OnnxStudent(Path(export_dir), ONNX_BACKENDS[backend], threads=threads, spinning=False)
+    return load_predictor(Path(export_dir), backend, threads=threads, spinning=False)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -157,8 +154,7 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
     config = student.config
     labels, pair = list(config["label_names"]), bool(config["pair"])
 
-    from stages.models.onnx_student import MODEL_FILES, OnnxStudent
-    from stages.predict import ONNX_BACKENDS
+    from stages.models.onnx_student import MODEL_FILES, ONNX_BACKENDS, OnnxStudent
     from stages.serving.padded import PaddedStudent
 
     if isinstance(student, OnnxStudent):  # bilstm, cnn: a batch of mixed lengths in one call where the graph allows

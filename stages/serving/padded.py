@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from stages.models.onnx_student import OnnxStudent, session_options
+from stages.models.predictor import softmax
 from stages.models.vocab import PAD_ID
 
 LSTM_OPS = {"LSTM", "DynamicQuantizeLSTM"}
@@ -107,8 +108,8 @@ class PaddedStudent:
     def predict_logits(self, texts_a: list[str], texts_b: list[str] | None = None) -> np.ndarray:
         if self.session is None or len(texts_a) == 1 or (self.config["pair"] != (texts_b is not None)):
             return self.student.predict_logits(texts_a, texts_b)  # one row: the export's own graph, unchanged
-        ids_a, len_a = self.student._ids(texts_a)
-        ids_b, len_b = self.student._ids(texts_b) if texts_b is not None else (None, None)
+        ids_a, len_a = self.student.encode_ids(texts_a)
+        ids_b, len_b = self.student.encode_ids(texts_b) if texts_b is not None else (None, None)
         logits = np.zeros((len(texts_a), self.config["num_labels"]), dtype=np.float32)
         for rows in padded_chunks(len_a if len_b is None else np.maximum(len_a, len_b)):
             logits[rows] = self._run([ids_a[r] for r in rows], len_a[rows],
@@ -117,6 +118,4 @@ class PaddedStudent:
         return logits
 
     def predict_proba(self, texts_a: list[str], texts_b: list[str] | None = None) -> np.ndarray:
-        logits = self.predict_logits(texts_a, texts_b)
-        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return exp / exp.sum(axis=-1, keepdims=True)
+        return softmax(self.predict_logits(texts_a, texts_b))
