@@ -87,6 +87,25 @@ def quantize_int8(fp32: Path, int8: Path) -> None:
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
 
 
+def bag_inputs(pair_features: bool) -> list[str]:
+    """The graph's input names, as an export's config.json lists them."""
+    return ["batch"] + [f"{kind}_{side}" for side in ("ab" if pair_features else "a") for kind in ("indices", "weights", "rows")]
+
+
+def write_export(out_dir: Path, table: np.ndarray, layers: list[tuple[np.ndarray | None, np.ndarray]], *,
+                 pair_features: bool, copy: Path, config: dict) -> dict:
+    """An export directory's files: model.onnx, model.int8.onnx, `copy` (the featurizer or tokenizer) and
+    config.json (`config`, returned)."""
+    import json
+    import shutil
+
+    build_graph(out_dir / MODEL_FILES["fp32"], table, layers, pair_features=pair_features)
+    quantize_int8(out_dir / MODEL_FILES["fp32"], out_dir / MODEL_FILES["int8"])
+    shutil.copy(copy, out_dir / Path(copy).name)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
 def csr_feed(indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray, side: str = "a") -> dict[str, np.ndarray]:
     """The graph's inputs for one side of a batch, from CSR arrays (row i's entries: indptr[i] .. indptr[i + 1])."""
     counts = np.diff(indptr)

@@ -25,7 +25,7 @@ import numpy as np
 
 from stages.data.text import MASK, WORD_PATTERN
 from stages.errors import StageError
-from stages.models.bag_onnx import MODEL_FILES, BagSession, build_graph, csr_feed, quantize_int8
+from stages.models.bag_onnx import BagSession, bag_inputs, csr_feed, write_export
 from stages.models.predictor import Predictor
 
 FEATURES_FILE, WEIGHTS_FILE, CONFIG_FILE = "features.json", "weights.npz", "config.json"
@@ -156,7 +156,7 @@ class _Ngram(Predictor):
 class NgramStudent(_Ngram):
     """A trained n-gram student from its directory: numpy and scipy (features @ W + b)."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, device=None):  # device: the registry's signature; numpy runs on the CPU
         model_dir = Path(model_dir)
         _check(model_dir, (FEATURES_FILE, WEIGHTS_FILE, CONFIG_FILE), "a saved n-gram student")
         self.config = _read_config(model_dir)
@@ -194,25 +194,11 @@ class OnnxNgram(_Ngram):
         return out
 
 
-def load_student(model_dir: Path, device=None) -> NgramStudent:
-    """The registry's loader (stages/models/registry.py); `device` is unused: the n-gram student runs in numpy."""
-    return NgramStudent(model_dir)
-
-
-def load_onnx(export_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True) -> OnnxNgram:
-    return OnnxNgram(export_dir, variant, threads, spinning)
-
-
 def export(model_dir: Path, out_dir: Path) -> dict:
     """Write the export files of the student in model_dir into out_dir (an existing directory): model.onnx,
     model.int8.onnx, features.json, config.json. Returns the config written (with parameter counts)."""
     student = NgramStudent(model_dir)
-    out_dir = Path(out_dir)
-    build_graph(out_dir / MODEL_FILES["fp32"], student.weight, [(None, student.bias)], pair_features=False)
-    quantize_int8(out_dir / MODEL_FILES["fp32"], out_dir / MODEL_FILES["int8"])
-    shutil.copy(Path(model_dir) / FEATURES_FILE, out_dir / FEATURES_FILE)
-    config = {**student.config, "inputs": ["batch", "indices_a", "weights_a", "rows_a"],
-              "params_all": int(student.weight.size + student.bias.size), "params_without_embeddings":
-              int(student.weight.size + student.bias.size)}
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    return config
+    size = int(student.weight.size + student.bias.size)
+    return write_export(Path(out_dir), student.weight, [(None, student.bias)], pair_features=False,
+                        copy=Path(model_dir) / FEATURES_FILE, config={**student.config, "inputs": bag_inputs(False),
+                                                                      "params_all": size, "params_without_embeddings": size})

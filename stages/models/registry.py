@@ -29,15 +29,15 @@ from stages.models.predictor import Predictor
 STUDENTS = {
     "bilstm": "stages.models.torch_student:load_student",
     "cnn": "stages.models.torch_student:load_student",
-    "ngram": "stages.models.ngram_model:load_student",  # numpy and scipy: no PyTorch
-    "static": "stages.models.static_model:load_student",  # numpy: no PyTorch
+    "ngram": "stages.models.ngram_model:NgramStudent",  # numpy and scipy: no PyTorch
+    "static": "stages.models.static_model:StaticStudent",  # numpy: no PyTorch
 }
 TORCH_ARCHS = ("bilstm", "cnn")  # the archs whose `torch` backend needs PyTorch (a device)
 # arch -> "module:function" (export_dir, variant, threads, spinning) -> Predictor, for archs whose export is not
 # OnnxStudent's token-id graph (docs/students.md: the bag graph of stages/models/bag_onnx.py)
 ONNX_STUDENTS = {
-    "ngram": "stages.models.ngram_model:load_onnx",
-    "static": "stages.models.static_model:load_onnx",
+    "ngram": "stages.models.ngram_model:OnnxNgram",
+    "static": "stages.models.static_model:OnnxStatic",
 }
 # arch -> "module:function" (model_dir, out_dir) -> config: writes the export files of a trained student of that
 # arch into out_dir (bilstm and cnn: stages/export.py's export_onnx, which needs PyTorch)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import StageError
-from stages.models.bag_onnx import MODEL_FILES, BagSession, build_graph, csr_feed, quantize_int8
+from stages.models.bag_onnx import BagSession, bag_inputs, csr_feed, write_export
 from stages.models.predictor import Predictor
 
 EMBEDDINGS_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CONFIG_FILE = "embeddings.npy", "tokenizer.json", "weights.npz", "config.json"
@@ -165,7 +165,7 @@ def _open(directory: Path, needed: tuple[str, ...], what: str) -> dict:
 class StaticStudent(_Static):
     """A trained static student from its directory, in numpy."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, device=None):  # device: the registry's signature; numpy runs on the CPU
         model_dir = Path(model_dir)
         self.config = _open(model_dir, (EMBEDDINGS_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CONFIG_FILE), "a saved static student")
         self.table = load_embeddings(model_dir)
@@ -207,26 +207,12 @@ class OnnxStatic(_Static):
         return out
 
 
-def load_student(model_dir: Path, device=None) -> StaticStudent:
-    """The registry's loader (stages/models/registry.py); `device` is unused: the static student runs in numpy."""
-    return StaticStudent(model_dir)
-
-
-def load_onnx(export_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True) -> OnnxStatic:
-    return OnnxStatic(export_dir, variant, threads, spinning)
-
-
 def export(model_dir: Path, out_dir: Path) -> dict:
     """Write the export files of the student in model_dir into out_dir (an existing directory): model.onnx,
     model.int8.onnx, tokenizer.json, config.json. Returns the config written (with parameter counts)."""
     student = StaticStudent(model_dir)
-    out_dir = Path(out_dir)
-    build_graph(out_dir / MODEL_FILES["fp32"], student.table, student.layers, pair_features=student.config["pair"])
-    quantize_int8(out_dir / MODEL_FILES["fp32"], out_dir / MODEL_FILES["int8"])
-    shutil.copy(Path(model_dir) / TOKENIZER_FILE, out_dir / TOKENIZER_FILE)
-    head = sum(w.size + b.size for w, b in student.layers)
-    inputs = ["batch"] + [f"{k}_{s}" for s in ("ab" if student.config["pair"] else "a") for k in ("indices", "weights", "rows")]
-    config = {**student.config, "inputs": inputs, "vocab_rows": len(student.table), "params_all": int(student.table.size + head),
-              "params_without_embeddings": int(head)}
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    return config
+    head = int(sum(w.size + b.size for w, b in student.layers))
+    config = {**student.config, "inputs": bag_inputs(student.config["pair"]), "vocab_rows": len(student.table),
+              "params_all": int(student.table.size) + head, "params_without_embeddings": head}
+    return write_export(Path(out_dir), student.table, student.layers, pair_features=student.config["pair"],
+                        copy=Path(model_dir) / TOKENIZER_FILE, config=config)
