@@ -10,11 +10,16 @@ from pathlib import Path
 
 from stages import paths
 from stages.data.io import atomic_path
-from stages.params import load_params
+from stages.params import ARCHS, arch_params_text, load_params
 
 
 def run(params_file: Path) -> None:
-    """Load and validate params_file (a StageError names every bad key), then write data/params-checked.txt."""
-    load_params(params_file)
+    """Load and validate params_file (a StageError names every bad key), then write data/params-checked.txt and
+    data/arch-params/<arch>.json, each arch's knobs: that arch's `inputs` stage depends on its file alone, so a knob
+    of one arch reruns that arch's stages only (dvc.yaml cannot pick a params section per matrix item)."""
+    params = load_params(params_file)
     with atomic_path(paths.PARAMS_CHECKED) as tmp:
         tmp.write_text(f"{Path(params_file).name} is valid\n")
+    for arch in ARCHS:
+        with atomic_path(paths.arch_params_file(arch)) as tmp:
+            tmp.write_text(arch_params_text(params, arch))

@@ -35,7 +35,9 @@ def check_params(params: Path = ParamsOption) -> None:
     """Validate the whole parameter file (types, ranges, cross-field rules) and write data/params-checked.txt.
 
     The first DVC stage: every other stage runs after it, so a bad `dvc exp run -S` value stops the pipeline
-    before any stage removes its outputs. The file's content never changes, so a good edit reruns nothing else."""
+    before any stage removes its outputs. The file's content never changes, so a good edit reruns nothing else.
+    Also writes data/arch-params/<arch>.json, each arch's knobs (`student:` for bilstm and cnn, `ngram:`,
+    `static:`), which that arch's `inputs` stage depends on: a knob of one arch reruns that arch alone."""
     from stages.check import run
 
     run(params)
@@ -108,30 +110,45 @@ def label(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
 SeedOption = typer.Option(..., "--seed", "-s", help="Training seed (one of params.yaml's `seeds`): model init and "
                           "batch order. Each seed has its own model directory and run metrics.")
+ArchOption = typer.Option("bilstm", "--arch", "-a", help="Student architecture (one of params.yaml's `archs`): bilstm, "
+                          "cnn, ngram or static (docs/students.md).")
 
 
 @app.command()
-def student(task: str = TaskOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
-    """Distil: train the BiLSTM student on the teacher's logits (data/labeled/<task>.parquet), for one seed.
+def inputs(task: str = TaskOption, arch: str = ArchOption, params: Path = ParamsOption) -> None:
+    """Build what one arch needs before training, once per task: models/inputs/<task>/<arch>/.
 
-    Loss = distill.alpha * CE(hard labels) + (1 - alpha) * logit loss (distill.loss: mse or kl);
-    pair tasks use the siamese BiLSTM. Writes models/student/<task>/seed-<n>/ and
-    metrics/<task>/student/seed-<n>/ (run.json and the per-epoch curves). Resumable: the training state is
-    kept after every epoch under data/cache/student/, so a killed run restarted on the same inputs goes on
-    from its last finished epoch.
+    ngram: the n-gram featurizer (vocabulary and idf of the training split); static: static embeddings from the
+    task's teacher (one forward pass per word piece, PCA, Zipf weighting: Model2Vec's method); bilstm, cnn: only
+    their knobs. Every directory holds knobs.json, that arch's knobs."""
+    from stages.inputs import run
+
+    run(get_task(task), load_params(params), arch)
+
+
+@app.command()
+def student(task: str = TaskOption, arch: str = ArchOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
+    """Distil: train one student arch on the teacher's logits (data/labeled/<task>.parquet), for one seed.
+
+    Loss = distill.alpha * CE(hard labels) + (1 - alpha) * logit loss (distill.loss: mse or kl), for every arch;
+    pair tasks use siamese features. Writes models/student/<task>/<arch>/seed-<n>/ and
+    metrics/<task>/student/<arch>/seed-<n>/ (run.json and the per-epoch curves). bilstm and cnn are resumable:
+    the training state is kept after every epoch under data/cache/student/, so a killed run restarted on the
+    same inputs goes on from its last finished epoch.
     """
     from stages.student import run
 
-    run(get_task(task), load_params(params), seed, distilled=True)
+    run(get_task(task), load_params(params), arch, seed, distilled=True)
 
 
 @app.command()
-def baseline(task: str = TaskOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
-    """The paper's plain BiLSTM: the same student trained with cross-entropy on the original training set only,
-    for one seed (models/baseline/<task>/seed-<n>/, metrics/<task>/baseline/seed-<n>/)."""
+def baseline(task: str = TaskOption, arch: str = ArchOption, seed: int = SeedOption, params: Path = ParamsOption) -> None:
+    """The control: the same arch trained with cross-entropy on the original training set only, for one seed
+    (models/baseline/<task>/<arch>/seed-<n>/, metrics/<task>/baseline/<arch>/seed-<n>/); for bilstm, the paper's
+    plain BiLSTM."""
     from stages.student import run
 
-    run(get_task(task), load_params(params), seed, distilled=False)
+    run(get_task(task), load_params(params), arch, seed, distilled=False)
 
 
 @app.command()
@@ -165,7 +182,8 @@ def export(task: str = TaskOption, params: Path = ParamsOption) -> None:
 def predict(
     texts: list[str] = typer.Argument(None, help="Sentences to classify; for pair tasks, 'first<TAB>second'."),
     model: Path = typer.Option(None, "--model", "-m",
-                               help="torch: a student or baseline directory (default models/student/rt/seed-1); "
+                               help="torch: a student or baseline directory (default models/student/rt/bilstm/seed-1; "
+                                    "ngram and static ones run without PyTorch); "
                                     "onnx, onnx-int8: an export directory (default models/export/rt)."),
     backend: str = typer.Option("torch", "--backend", "-b",
                                 help="torch (PyTorch), onnx (ONNX fp32) or onnx-int8; the ONNX backends run with "

@@ -210,7 +210,8 @@ def evaluate(task: Task, raw_dir: Path, teacher_dir: Path, teacher_metrics: Path
 def run(task: Task, params: Params) -> None:
     """The `evaluate` stage for one task: metrics/<task>/{report,summary,tradeoff,curves}.json, summary.md and
     results.png, from params.yaml's `seeds`, `device`, `evaluate` and `teacher.max_length`."""
-    runs = {kind: {seed: (paths.model_dir(kind, task.name, seed), paths.run_dir(kind, task.name, seed))
+    arch = params.archs[0]  # the first arch in `archs` is the one reported here (`compare` ranks them all)
+    runs = {kind: {seed: (paths.run_model_dir(kind, task.name, arch, seed), paths.run_dir(kind, task.name, arch, seed))
                    for seed in params.seeds} for kind in SEEDED}
     out = paths.metrics_dir(task.name)
     report = evaluate(task, paths.raw_dir(task.name), paths.model_dir("teacher", task.name), out / "teacher.json",

@@ -24,6 +24,7 @@ from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet, write_json
 from stages.params import EvaluateParams, Params
 from stages.report.metrics import task_metrics
 from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, ONNX_BACKENDS, TOKENIZER_FILE, OnnxStudent
+from stages.models.registry import EXPORTERS, exporter, load_predictor, student_arch
 from stages.models.torch_student import VOCAB_FILE, Student, load_student
 from stages.models.student_model import count_parameters
 from stages.data.tasks import Task
@@ -114,13 +115,18 @@ def _timed(run, texts_a, texts_b, batch_size: int, latency_n: int) -> dict:
             "latency_ms_p95": round(float(np.percentile(latencies, 95)), 3)}
 
 
-def compare_backends(task: Task, student: Student, export_dir: Path, raw_dir: Path, *, batch_size: int,
-                     throughput_sentences: int, latency_sentences: int = 200) -> dict:
-    """Scores on every eval split, speed (text in, logits out) and the largest fp32-vs-PyTorch logit gap."""
+def compare_backends(task: Task, student, export_dir: Path, raw_dir: Path, *, batch_size: int,
+                     throughput_sentences: int, latency_sentences: int = 200, reference: str = "pytorch",
+                     open_onnx=None) -> dict:
+    """Scores on every eval split, speed (text in, logits out) and the largest fp32-vs-reference logit gap.
+    reference: the backend `student` runs in (pytorch for bilstm and cnn, numpy for ngram and static);
+    open_onnx(export_dir, variant, threads): the export's ONNX runner (default OnnxStudent)."""
+    threads = torch.get_num_threads()
+    open_onnx = open_onnx or (lambda d, variant, threads: OnnxStudent(d, variant, threads=threads))
     dev = _dev(task, raw_dir)
-    runners = {"pytorch": lambda a, b, n: student.predict_logits(a, b, batch_size=n)}
+    runners = {reference: lambda a, b, n: student.predict_logits(a, b, batch_size=n)}
     for variant in MODEL_FILES:
-        onnx = OnnxStudent(export_dir, variant, threads=torch.get_num_threads())
+        onnx = open_onnx(export_dir, variant, threads)
         runners[f"onnx-{variant}"] = lambda a, b, n, onnx=onnx: onnx.predict_logits(a, b, batch_size=n)
     results, logits = {}, {}
     split = task.selection_split
@@ -136,17 +142,18 @@ def compare_backends(task: Task, student: Student, export_dir: Path, raw_dir: Pa
             scores[s] = task_metrics(task, labels, out.argmax(-1))
         results[name] = {"scores": scores, **_timed(run, sample_a, sample_b, batch_size, latency_sentences)}
     metric = task.metrics[0]
-    gap = max(float(np.abs(logits["onnx-fp32", s] - logits["pytorch", s]).max()) for s in dev)
-    cost = round(100 * (results["pytorch"]["scores"][split][metric] - results["onnx-int8"]["scores"][split][metric]), 2)
+    gap = max(float(np.abs(logits["onnx-fp32", s] - logits[reference, s]).max()) for s in dev)
+    cost = round(100 * (results[reference]["scores"][split][metric] - results["onnx-int8"]["scores"][split][metric]), 2)
+    speedup = round(results["onnx-int8"]["sentences_per_s"] / results[reference]["sentences_per_s"], 2)
     return {
         "backends": results,
+        "reference_backend": reference,
         "max_abs_logit_diff_fp32": gap,
         "int8_cost_points": cost,
         "recommended": recommended_variant(cost),
-        "int8_speedup_over_pytorch": round(results["onnx-int8"]["sentences_per_s"]
-                                           / results["pytorch"]["sentences_per_s"], 2),
+        f"int8_speedup_over_{reference}": speedup,
         "selection": f"{split} {metric}", "batch_size": batch_size, "throughput_sentences": len(sample_a),
-        "latency_sentences": min(latency_sentences, len(sample_a)), "threads": torch.get_num_threads(),
+        "latency_sentences": min(latency_sentences, len(sample_a)), "threads": threads,
     }
 
 
@@ -166,7 +173,8 @@ def _pm(stat: dict) -> str:
 
 def _card_facts(task: Task, config: dict, comparison: dict, data: dict) -> dict:
     """The model card's phrases that depend on the task, the architecture and the int8 cost."""
-    cnn = config.get("arch") == "cnn"
+    arch = config.get("arch", "bilstm")
+    cnn = arch == "cnn"
     cost, variant = comparison["int8_cost_points"], comparison["recommended"]
     model_file = MODEL_FILES[variant]
     return {
@@ -178,9 +186,10 @@ def _card_facts(task: Task, config: dict, comparison: dict, data: dict) -> dict:
         "cli_example": "$'a first sentence\\ta second sentence'" if task.is_pair else "'a sentence to classify'",
         "py_example": ('first, second = "a first sentence", "a second sentence"' if task.is_pair
                        else 'text = "a sentence to classify"'),
-        "name": "CNN" if cnn else "BiLSTM",
+        "arch": arch,
+        "name": {"cnn": "CNN", "ngram": "n-gram", "static": "static-embedding"}.get(arch, "BiLSTM"),
         "shape": (f"CNN (Kim 2014: filter widths {', '.join(map(str, config.get('widths', [])))}, {config.get('maps')} "
-                  "maps each, max over time)" if cnn else f"one-layer BiLSTM (hidden {config['hidden']})"),
+                  "maps each, max over time)" if cnn else f"one-layer BiLSTM (hidden {config.get('hidden')})"),
         "int8_effect": f"costs {cost:.2f} points" if cost >= 0 else f"gains {-cost:.2f} points",
         "backend": recommended_backend(variant),
         "model_file": model_file,
@@ -236,9 +245,8 @@ tags: [knowledge-distillation, bilstm, tang-et-al-2019, {task.name}]
 
 # {task.name} {name} student (distilled from {teacher.get('model', 'a BERT teacher')})
 
-{'A siamese' if task.is_pair else 'A'} {shape}, FC {config['fc']}, {config['embeddings']} embeddings
-({config['embedding_mode']}), trained on a fine-tuned BERT teacher's logits over an augmented transfer set,
-after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task.label_names)}.
+{_architecture(task, config, shape)}, trained on a fine-tuned BERT teacher's logits over an augmented
+transfer set, after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task.label_names)}.
 
 - **Task and data**: {task.name} ({task.notes or task.source}); splits: {splits}.
 - **Teacher**: `{teacher.get('model')}`, {split} {metric} {100 * teacher[split][metric]:.2f}.
@@ -258,7 +266,39 @@ after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task.label_names)}
 ONNX fp32 matches PyTorch to {comparison['max_abs_logit_diff_fp32']:.1e} in the logits on every {split} sentence;
 int8 (onnxruntime dynamic quantisation) {int8_effect} of {split} {metric}: {advice}.
 
-{_usage(task, f)}"""
+{_bag_usage(task, f) if f["arch"] in EXPORTERS else _usage(task, f)}"""
+
+
+def _architecture(task: Task, config: dict, shape: str) -> str:
+    arch = config.get("arch", "bilstm")
+    if arch == "ngram":
+        k = config["knobs"]
+        return (f"A linear layer over tf-idf n-grams (words {k['word_ngrams']}, characters {k['char_ngrams']}, "
+                f"{k['features']}){'; pairs: [x_a, x_b, x_a * x_b]' if task.is_pair else ''}")
+    if arch == "static":
+        k = config["knobs"]
+        return (f"Static word-piece embeddings made from the teacher (Model2Vec's method: PCA to {k['dims']} dims, "
+                f"{k['weighting']} weighting), mean-pooled{', siamese features [u, v, |u-v|, u*v]' if task.is_pair else ''}, "
+                f"then a head (hidden {k['hidden']})")
+    return (f"{'A siamese' if task.is_pair else 'A'} {shape}, FC {config['fc']}, {config['embeddings']} embeddings "
+            f"({config['embedding_mode']})")
+
+
+def _bag_usage(task: Task, f: dict) -> str:
+    """The "How to use" section of an ngram or static student's card (docs/students.md: the bag graph)."""
+    files = "`features.json` (the n-gram featurizer)" if f["arch"] == "ngram" else "`tokenizer.json` (the teacher's word pieces)"
+    return f"""## How to use
+
+Files: `model.onnx` (fp32), `model.int8.onnx`, {files}, `config.json`. The graph sums table rows per sentence
+(inputs `batch`, `indices_a`, `weights_a`, `rows_a`{', and the same for `_b`' if task.is_pair else ''}); the
+formats are described in this repository's docs/students.md. Without PyTorch:
+
+```bash
+python -m stages predict --backend {f["backend"]} --model <this directory> {f["cli_example"]}
+```
+
+Produced by the `export` stage of this repository's DVC pipeline (`dvc repro`); the numbers above are from that run.
+"""
 
 
 def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict,
@@ -267,9 +307,12 @@ def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *,
 
     config.json is the student's own plus the seed, the graph's inputs, the parameter counts and
     `recommended_backend` (what serve runs by default)."""
-    student = load_student(model_dir, "cpu")
     if str(seed) not in report["scores"]["student"][task.selection_split][task.metrics[0]]["seeds"]:
         raise StageError(f"seed {seed} is not in the evaluate report's seeds {report['seeds']}; rerun evaluate")
+    if student_arch(model_dir) in EXPORTERS:
+        return _export_bag(task, model_dir, raw_dir, out_dir, seed=seed, report=report, teacher=teacher, data=data,
+                           params=params)
+    student = load_student(model_dir, "cpu")
     run = json.loads((Path(model_dir) / "config.json").read_text())
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
         export_onnx(student, tmp / MODEL_FILES["fp32"])
@@ -303,7 +346,7 @@ def run(task: Task, params: Params) -> None:
     params.yaml's `seeds`, timed at evaluate.batch_size on evaluate.throughput_sentences sentences."""
     seed = params.seeds[0]
     out = paths.metrics_dir(task.name)
-    result = export_student(task, paths.model_dir("student", task.name, seed), paths.raw_dir(task.name),
+    result = export_student(task, paths.run_model_dir("student", task.name, params.archs[0], seed), paths.raw_dir(task.name),
                             paths.model_dir("export", task.name), seed=seed, params=params.evaluate,
                             **_read_inputs(out))
     write_json(result, out / "export.json")
@@ -311,3 +354,20 @@ def run(task: Task, params: Params) -> None:
         print(f"{task.name} {name}: {r['scores']} {r['sentences_per_s']:,.0f} sentences/s, "
               f"batch-1 p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
     print(f"{task.name} int8 costs {result['int8_cost_points']} points: the card recommends {result['recommended']}")
+
+
+def _export_bag(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict, teacher: dict,
+                data: dict, params: EvaluateParams) -> dict:
+    """The ngram or static student (docs/students.md): its ONNX graph, compared with its numpy run."""
+    student = load_predictor(model_dir, "torch")  # numpy for these archs
+    backend_of = {variant: backend for backend, variant in ONNX_BACKENDS.items()}
+    with atomic_path(Path(out_dir), is_dir=True) as tmp:
+        config = {**exporter(student_arch(model_dir))(model_dir, tmp), "seed": seed}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        comparison = compare_backends(
+            task, student, tmp, raw_dir, batch_size=params.batch_size, throughput_sentences=params.throughput_sentences,
+            reference="numpy", open_onnx=lambda d, variant, threads: load_predictor(d, backend_of[variant], threads=threads))
+        config["recommended_backend"] = recommended_backend(comparison["recommended"])
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data))
+    return {"task": task.name, "seed": seed, "arch": config["arch"], **comparison}

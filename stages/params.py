@@ -103,7 +103,13 @@ class LabelParams(Section):
     ray_gpus_per_worker: Float = Field(0, ge=0)  # fractional shares a GPU between actors
 
 
+ARCHS = ("bilstm", "cnn", "ngram", "static")  # the students `archs` may list (docs/students.md)
+Arch = Literal["bilstm", "cnn", "ngram", "static"]
+
+
 class StudentParams(Section):
+    """The neural students' knobs (bilstm and cnn). `arch` is set per run by the pipeline from the `archs` list
+    (the matrix item), never in params.yaml."""
     arch: Literal["bilstm", "cnn"] = "bilstm"  # cnn: Kim (2014)'s sentence CNN (the paper's future work)
     embeddings: str = "glove-6b-50d"
     embedding_mode: Literal["rand", "static", "non-static", "multichannel"] = "multichannel"
@@ -127,6 +133,42 @@ class StudentParams(Section):
         if max(self.cnn_widths) > self.max_length:  # no window of that width fits a sentence
             raise ValueError(f"a cnn_widths value ({max(self.cnn_widths)}) is longer than max_length ({self.max_length})")
         return self
+
+
+NgramRange = Annotated[list[Annotated[Int, Field(ge=1)]], Field(min_length=2, max_length=2)]
+
+
+class NgramParams(Section):
+    """The n-gram student (stages/models/ngram_model.py): tf-idf over word and character n-grams, a linear layer."""
+    features: Literal["vocabulary", "hashing"] = "vocabulary"  # hashing: no stored vocabulary, 2**hash_bits columns
+    word_ngrams: Optional[NgramRange] = [1, 2]  # null: no word n-grams
+    char_ngrams: Optional[NgramRange] = [2, 5]  # null: no character n-grams (char_wb: inside word boundaries)
+    min_df: Int = Field(2, ge=1)               # vocabulary only: keep n-grams seen in at least this many sentences
+    max_features: Optional[Int] = Field(100000, ge=1)  # vocabulary only: per analyzer, the most frequent
+    hash_bits: Int = Field(18, ge=4, le=24)    # hashing only: columns per analyzer
+    sublinear_tf: StrictBool = True            # 1 + log(tf) in place of tf
+    max_chars: Int = Field(1000, ge=1)          # characters of a text read (longer texts are cut)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "NgramParams":
+        if self.word_ngrams is None and self.char_ngrams is None:
+            raise ValueError("word_ngrams and char_ngrams are both null: the model would have no features")
+        for name in ("word_ngrams", "char_ngrams"):
+            low_high = getattr(self, name)
+            if low_high is not None and low_high[0] > low_high[1]:
+                raise ValueError(f"{name} {low_high}: the first value is above the second")
+        return self
+
+
+class StaticParams(Section):
+    """The static-embedding student (stages/models/static_model.py): Model2Vec's method on the task's teacher."""
+    dims: Int = Field(256, ge=2)       # PCA components kept (at most the teacher's hidden size)
+    weighting: Literal["zipf", "none"] = "zipf"  # zipf: row i times log(1 + rank i) (Model2Vec)
+    vocab_size: Optional[Int] = Field(None, ge=10)  # the first word-piece ids only (quick runs); None = all
+    batch_size: Int = Field(1024, ge=1)  # vocabulary tokens per teacher forward pass
+    hidden: Int = Field(256, ge=0)     # the head: Linear -> ReLU -> dropout -> Linear; 0 = one Linear
+    dropout: Float = Field(0.1, ge=0, lt=1)
+    max_length: Int = Field(128, ge=1)  # word pieces read per sentence
 
 
 class DistillParams(Section):
@@ -168,11 +210,29 @@ class Params(Section):
     teacher: TeacherParams = TeacherParams()
     augment: AugmentParams = AugmentParams()
     label: LabelParams = LabelParams()
+    archs: list[Arch] = Field(["bilstm", "ngram", "static"], min_length=1)  # the students trained, one run each
     student: StudentParams = StudentParams()
+    ngram: NgramParams = NgramParams()
+    static: StaticParams = StaticParams()
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
     datasets: dict[str, DatasetSpec] = {}  # your own data: each entry is a task usable by name in `tasks`
     unlabeled: dict[str, UnlabeledSpec] = {}  # task -> your own unlabeled text for its transfer set
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_student_arch(cls, raw):
+        if isinstance(raw, dict) and isinstance(raw.get("student"), dict) and "arch" in raw["student"]:
+            raise ValueError("student.arch is gone: list the students to train in the top-level `archs` "
+                             "(e.g. archs: [bilstm, cnn, ngram, static])")
+        return raw
+
+    @field_validator("archs")
+    @classmethod
+    def _archs(cls, archs: list[str]) -> list[str]:
+        if len(set(archs)) != len(archs):
+            raise ValueError(f"archs: {archs} names an arch twice")
+        return archs
 
     @field_validator("datasets")
     @classmethod
@@ -212,6 +272,25 @@ class Params(Section):
         if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
         return device
+
+
+CNN_ONLY, BILSTM_ONLY = ("cnn_widths", "cnn_maps"), ("hidden",)
+
+
+def arch_knobs(params: Params, arch: str) -> dict:
+    """The knobs one arch trains with (beside `distill:` and `device`, which apply to every arch): its own section,
+    the `student:` section for bilstm and cnn without the other one's knobs."""
+    if arch in ("ngram", "static"):
+        return getattr(params, arch).model_dump()
+    other = BILSTM_ONLY if arch == "cnn" else CNN_ONLY
+    return {key: value for key, value in params.student.model_dump().items() if key not in other and key != "arch"}
+
+
+def arch_params_text(params: Params, arch: str) -> str:
+    """data/arch-params/<arch>.json, which that arch's stages depend on: the same bytes until its knobs change."""
+    import json
+
+    return json.dumps({"arch": arch, "knobs": arch_knobs(params, arch)}, indent=2, sort_keys=True) + "\n"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

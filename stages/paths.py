@@ -35,14 +35,31 @@ def labeled_file(task: str) -> Path:
     return DATA / "labeled" / f"{task}.parquet"
 
 
-def model_dir(kind: str, task: str, seed: int | None = None) -> Path:
-    """kind: teacher (one per task), student or baseline (one per task and seed: .../seed-<n>)."""
-    return MODELS / kind / task if seed is None else MODELS / kind / task / seed_name(seed)
+def model_dir(kind: str, task: str) -> Path:
+    """kind: teacher or export (one per task)."""
+    return MODELS / kind / task
 
 
-def run_dir(kind: str, task: str, seed: int) -> Path:
+def run_model_dir(kind: str, task: str, arch: str, seed: int) -> Path:
+    """kind: student or baseline, one per task, arch (params.yaml `archs`) and seed: .../<arch>/seed-<n>."""
+    return MODELS / kind / task / arch / seed_name(seed)
+
+
+def run_dir(kind: str, task: str, arch: str, seed: int) -> Path:
     """One student or baseline run's metrics (run.json) and training curves (DVCLive)."""
-    return METRICS / task / kind / seed_name(seed)
+    return METRICS / task / kind / arch / seed_name(seed)
+
+
+def arch_params_file(arch: str) -> Path:
+    """The `check` stage's copy of one arch's knobs: it changes only when that arch's knobs change, so a knob
+    of one arch reruns that arch's stages alone (dvc.yaml cannot pick a params section per matrix item)."""
+    return DATA / "arch-params" / f"{arch}.json"
+
+
+def inputs_dir(task: str, arch: str) -> Path:
+    """What an arch needs before training, per task (the `inputs` stage): the n-gram featurizer, the static
+    embeddings made from the task's teacher, or only the knobs (bilstm, cnn)."""
+    return MODELS / "inputs" / task / arch
 
 
 def seed_name(seed: int) -> str:

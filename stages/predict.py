@@ -1,7 +1,8 @@
 """`predict`: what users ship: a trained student classifying raw sentences or pairs.
 
-Two backends: `torch` runs a student directory (models/<kind>/<task>/seed-<n>); `onnx` / `onnx-int8` run an
-export directory (models/export/<task>) with onnxruntime, and never import PyTorch.
+Two backends: `torch` runs a student directory (models/<kind>/<task>/<arch>/seed-<n>; the ngram and static
+students run there in numpy, without PyTorch); `onnx` / `onnx-int8` run an export directory
+(models/export/<task>) with onnxruntime, and never import PyTorch.
 
 Input is checked line by line (docs/reliability.md): a line that is not UTF-8, an empty argument, or a pair
 line without exactly one tab gets an error in its place and the other lines are still answered; blank lines of a
@@ -18,7 +19,7 @@ from pathlib import Path
 from stages import paths
 from stages.errors import StageError
 from stages.models.predictor import Predictor
-from stages.models.registry import load_predictor
+from stages.models.registry import TORCH_ARCHS, load_predictor, student_arch
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _is_pair(parts: list[str]) -> bool:
 
 
 def _load(model_dir: Path, backend: str, device: str) -> Predictor:
-    if backend == "torch":
+    if backend == "torch" and student_arch(model_dir) in TORCH_ARCHS:
         from stages.runtime import resolve_device  # imports PyTorch: only for the torch backend
 
         return load_predictor(model_dir, backend, resolve_device(device))
@@ -145,7 +146,7 @@ def run(texts: list[str], model: Path | None, backend: str, file: Path | None, j
     answers when any input was refused. model None: models/student/rt/seed-1 (torch) or models/export/rt."""
     items = _read_items(texts, file)
     if model is None:
-        model = paths.model_dir("student", "rt", 1) if backend == "torch" else paths.model_dir("export", "rt")
+        model = paths.run_model_dir("student", "rt", "bilstm", 1) if backend == "torch" else paths.model_dir("export", "rt")
     rows = answer(model, items, device, backend)
     for row in rows:
         _print_row(row, json_lines)

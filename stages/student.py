@@ -26,6 +26,8 @@ from stages.data.io import LABELED_SCHEMA, RAW_SCHEMA, atomic_path, input_key, r
 from stages.report.metrics import task_metrics
 from stages.params import DistillParams, Params, StudentParams
 from stages.runtime import resolve_device, seed_everything
+from stages.models.predictor import EVAL_BATCH
+from stages.models.registry import EXPORTERS
 from stages.models.student_model import StudentClassifier, count_parameters, distill_loss
 from stages.models.torch_student import (CONFIG_FILE, MODEL_FILE, VOCAB_FILE, Examples, OnDevice, build_model,
                                          encode_texts, model_logits)
@@ -218,7 +220,8 @@ def _checkpoint(task: Task, train_path: Path, dev_dir: Path, *, student: Student
     if root is None:
         return None
     kind = "student" if use_teacher_logits else "baseline"
-    return EpochCheckpoint(root, f"{task.name}-{kind}-seed-{seed}", input_key(
+    name = f"{task.name}-{kind}" + ("" if student.arch == "bilstm" else f"-{student.arch}")  # a run's own lock
+    return EpochCheckpoint(root, f"{name}-seed-{seed}", input_key(
         [train_path, *sorted(p for p in Path(dev_dir).glob("*.parquet"))],
         {"student": student.model_dump(), "distill": distill.model_dump(), "seed": seed,
          "use_teacher_logits": use_teacher_logits, "device": device.type}))
@@ -357,17 +360,181 @@ def train_epoch(model: StudentClassifier, optimizer: torch.optim.Optimizer, trai
     return total.item() / max(seen, 1)
 
 
-def run(task: Task, params: Params, seed: int, distilled: bool) -> None:
+def run(task: Task, params: Params, arch: str, seed: int, distilled: bool) -> None:
     """The `student` (distilled=True: the teacher's logits on the transfer set) or `baseline` (the hard labels of
-    the training split) stage for one task and seed: models/<kind>/<task>/seed-<n>/ and
-    metrics/<task>/<kind>/seed-<n>/ (run.json and the per-epoch curves), from params.yaml's `student`,
-    `distill` (the baseline: `distill.for_baseline()`) and `device`."""
+    the training split) stage for one task, arch and seed: models/<kind>/<task>/<arch>/seed-<n>/ and
+    metrics/<task>/<kind>/<arch>/seed-<n>/ (run.json and the per-epoch curves), from params.yaml's arch section
+    (`student` for bilstm and cnn, `ngram`, `static`), `distill` (the baseline: `distill.for_baseline()`) and
+    `device`."""
+    if arch not in params.archs:
+        raise StageError(f"--arch {arch!r} is not in params.yaml's archs {params.archs}")
     kind = "student" if distilled else "baseline"
     train_path = paths.labeled_file(task.name) if distilled else paths.raw_dir(task.name) / "train.parquet"
-    run_dir = paths.run_dir(kind, task.name, seed)
-    metrics = train_student(task, train_path, paths.raw_dir(task.name), paths.model_dir(kind, task.name, seed),
-                            student=params.student, distill=params.distill if distilled else params.distill.for_baseline(),
-                            device=resolve_device(params.device), seed=seed, use_teacher_logits=distilled,
-                            live_dir=run_dir, checkpoint_root=paths.cache_dir("student"))
+    run_dir, out = paths.run_dir(kind, task.name, arch, seed), paths.run_model_dir(kind, task.name, arch, seed)
+    distill = params.distill if distilled else params.distill.for_baseline()
+    device = resolve_device(params.device)
+    if arch in EXPORTERS:  # the bag students (ngram, static)
+        metrics = train_bag_student(task, arch, train_path, paths.raw_dir(task.name), paths.inputs_dir(task.name, arch),
+                                    out, knobs=getattr(params, arch), distill=distill, device=device, seed=seed,
+                                    use_teacher_logits=distilled, live_dir=run_dir)
+    else:
+        metrics = train_student(task, train_path, paths.raw_dir(task.name), out,
+                                student=params.student.model_copy(update={"arch": arch}), distill=distill,
+                                device=device, seed=seed, use_teacher_logits=distilled, live_dir=run_dir,
+                                checkpoint_root=paths.cache_dir("student"))
+        metrics["arch"] = arch
     write_json({"task": task.name, "seed": seed, **metrics}, run_dir / "run.json")
-    print(f"{kind} {task.name} seed {seed}: {metrics}")
+    print(f"{kind} {task.name} {arch} seed {seed}: {metrics}")
+
+
+# --------------------------------------------------------------------------- the bag students (ngram, static)
+
+
+def _bag_rows(arch: str, table: _Table, inputs_dir: Path, knobs) -> object:
+    """One split's model inputs: a CSR matrix of tf-idf rows (ngram) or a dense matrix of sentence vectors (static)."""
+    if arch == "ngram":
+        from stages.models.ngram_model import FEATURES_FILE, NgramFeaturizer
+
+        return NgramFeaturizer.load(Path(inputs_dir) / FEATURES_FILE).features(table.texts_a, table.texts_b)
+    from stages.models.static_model import TOKENIZER_FILE, Pieces, load_embeddings, pair_features, pool
+
+    vectors = load_embeddings(inputs_dir)
+    pieces = Pieces(Path(inputs_dir) / TOKENIZER_FILE, knobs.max_length, len(vectors))
+    pooled = [pool(vectors, pieces.bags(texts)) for texts in (table.texts_a, table.texts_b) if texts is not None]
+    return pooled[0] if len(pooled) == 1 else pair_features(*pooled)
+
+
+def _bag_batch(x, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+    if isinstance(x, np.ndarray):
+        return (torch.from_numpy(x[rows]).to(device),)
+    part = x[rows]
+    return (torch.from_numpy(part.indices.astype(np.int64)).to(device),
+            torch.from_numpy(part.indptr[:-1].astype(np.int64)).to(device), torch.from_numpy(part.data).to(device))
+
+
+@torch.inference_mode()
+def _bag_logits(model: torch.nn.Module, x, device: torch.device, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    model.eval()
+    n = x.shape[0]
+    return np.concatenate([model(*_bag_batch(x, np.arange(s, min(s + batch_size, n)), device)).float().cpu().numpy()
+                           for s in range(0, n, batch_size)]) if n else np.zeros((0, 0), np.float32)
+
+
+def _bag_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x, targets: dict, order: np.ndarray, *,
+               batch_size: int, alpha: float, distill: DistillParams, device: torch.device, desc: str) -> float:
+    """One pass over the bag student's training rows in `order`; the mean training loss."""
+    model.train()
+    total = 0.0
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", mininterval=1.0, leave=False):
+        rows = order[s:s + batch_size]
+        on_device = torch.from_numpy(rows).to(device)
+        loss = distill_loss(model(*_bag_batch(x, rows, device)),
+                            targets["teacher"][on_device] if alpha < 1 else None,
+                            targets["labels"][on_device] if alpha > 0 else None, alpha, distill.loss, distill.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(rows)
+    return total / max(len(order), 1)
+
+
+def _bag_dev(task: Task, model: torch.nn.Module, x_evals: dict, eval_tables: dict, device) -> tuple[dict, dict]:
+    dev, dev_loss = {}, {}
+    for split, x in x_evals.items():
+        logits = _bag_logits(model, x, device)
+        dev[split] = task_metrics(task, eval_tables[split].labels, logits.argmax(-1))
+        dev_loss[split] = _cross_entropy(logits, eval_tables[split].labels)
+    return dev, dev_loss
+
+
+def _bag_model(arch: str, n_features: int, task: Task, knobs) -> torch.nn.Module:
+    from stages.models.bag_model import SparseLinear, StaticHead
+
+    if arch == "ngram":
+        return SparseLinear(n_features, task.num_labels)
+    return StaticHead(n_features, task.num_labels, knobs.hidden, knobs.dropout)
+
+
+def _save_bag(arch: str, model: torch.nn.Module, inputs_dir: Path, out_dir: Path, config: dict) -> int:
+    """Write the trained bag student's files (stages/models/ngram_model.py or static_model.py); its embedding
+    table's size (0 for ngram)."""
+    with atomic_path(Path(out_dir), is_dir=True) as tmp:
+        if arch == "ngram":
+            from stages.models import ngram_model
+
+            ngram_model.save(tmp, Path(inputs_dir) / ngram_model.FEATURES_FILE, *model.layers(), config)
+        else:
+            from stages.models import static_model
+
+            static_model.save(tmp, inputs_dir, model.layers(), config)
+    return 0 if arch == "ngram" else int(np.prod(np.load(Path(out_dir) / "embeddings.npy", mmap_mode="r").shape))
+
+
+def _bag_epochs(task: Task, arch: str, model, data: dict, distill: DistillParams, *, seed: int, alpha: float,
+                batch_size: int, device: torch.device, live) -> tuple[dict, int]:
+    """Train for up to distill.epochs with early stopping on the selection split; (best, epochs run)."""
+    optimizer = make_optimizer(model, distill)
+    generator = torch.Generator().manual_seed(seed)
+    selection, metric = task.selection_split, task.metrics[0]
+    best = {"score": (-np.inf, -np.inf), "epoch": 0, "state": None, "dev": None}
+    epochs_run = 0
+    for epoch in range(1, distill.epochs + 1):
+        epochs_run = epoch
+        order = torch.randperm(data["x"].shape[0], generator=generator).numpy()
+        train_loss = _bag_epoch(model, optimizer, data["x"], data["targets"], order, batch_size=batch_size, alpha=alpha,
+                                distill=distill, device=device, desc=f"{task.name} {arch} epoch {epoch}/{distill.epochs}")
+        dev, dev_loss = _bag_dev(task, model, data["x_evals"], data["eval_tables"], device)
+        score = (dev[selection][metric], -dev_loss[selection])
+        improved = score > best["score"]
+        if improved:
+            best = {"score": score, "epoch": epoch, "dev": dev,
+                    "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+        print(f"{task.name} {arch} epoch {epoch}: train loss {train_loss:.4f}, {selection} {metric} {score[0]:.4f}"
+              + (" (best)" if improved else ""), file=sys.stderr)
+        _log_epoch(live, train_loss, dev, dev_loss)
+        if epoch - best["epoch"] >= distill.patience:
+            break
+    return best, epochs_run
+
+
+def train_bag_student(task: Task, arch: str, train_path: Path, dev_dir: Path, inputs_dir: Path, out_dir: Path, *,
+                      knobs, distill: DistillParams, device: torch.device, seed: int, use_teacher_logits: bool,
+                      live_dir: Path | None = None) -> dict:
+    """Train the ngram or static student (docs/students.md) as train_student trains the BiLSTM: the same loss
+    (distill.alpha, loss, temperature), optimiser, batch size, epochs, patience and dev selection; the inputs
+    (the n-gram featurizer, or the static embeddings) come from inputs_dir, made by the `inputs` stage.
+    Writes the model files of stages/models/ngram_model.py or static_model.py to out_dir; returns the metrics."""
+    start = time.perf_counter()
+    seed_everything(seed)
+    alpha = distill.alpha if use_teacher_logits else 1.0
+    train_table = _read_train(train_path, task, use_teacher_logits)
+    if alpha == 1 and not (train_table.labels >= 0).any():
+        raise StageError(f"{train_path}: no row has a hard label, so cross-entropy (alpha=1) has nothing to learn")
+    eval_tables = {split: _read_eval(dev_dir, split, task) for split in task.eval_splits}
+    data = {"x": _bag_rows(arch, train_table, inputs_dir, knobs), "eval_tables": eval_tables,
+            "x_evals": {split: _bag_rows(arch, table, inputs_dir, knobs) for split, table in eval_tables.items()},
+            "targets": {"labels": torch.from_numpy(train_table.labels).to(device),
+                        "teacher": torch.from_numpy(train_table.logits).to(device)
+                        if train_table.logits is not None else None}}
+    model = _bag_model(arch, data["x"].shape[1], task, knobs).to(device)
+    batch_size = distill.batch_size or task.student_batch_size
+    live = _open_live(live_dir)
+    try:
+        best, epochs_run = _bag_epochs(task, arch, model, data, distill, seed=seed, alpha=alpha,
+                                       batch_size=batch_size, device=device, live=live)
+    finally:
+        if live is not None:
+            live.end()
+    model.load_state_dict(best["state"])
+    config = {"task": task.name, "num_labels": task.num_labels, "label_names": list(task.label_names),
+              "pair": task.is_pair, "knobs": knobs.model_dump(),
+              "max_length": knobs.max_chars if arch == "ngram" else knobs.max_length}
+    embeddings = _save_bag(arch, model, inputs_dir, out_dir, config)
+    head = sum(p.numel() for p in model.parameters())
+    return {**best["dev"], "params_all": int(head + embeddings), "params_without_embeddings": int(head),
+            "best_epoch": best["epoch"], "epochs_run": epochs_run,
+            "train_seconds": round(time.perf_counter() - start, 1), "train_rows": len(train_table.labels),
+            "train_rows_with_label": int((train_table.labels >= 0).sum()),
+            "vocab_size": int(data["x"].shape[1]) if arch == "ngram" else None, "embedding_coverage": None,
+            "alpha": alpha, "loss": distill.loss if alpha < 1 else "ce", "batch_size": batch_size,
+            "device": str(device), "arch": arch}

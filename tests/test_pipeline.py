@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stages.report.exp_table import KEY_PARAMS
-from tests.tiny_project import NLI_LABELS, SEEDED, TASKS, UNLABELED_PAIRS, copy_built, ran, run, stages_of
+from tests.tiny_project import ARCHS, NLI_LABELS, SEEDED, TASKS, UNLABELED_PAIRS, copy_built, ran, run, stages_of
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,10 @@ def test_first_repro_runs_every_stage_once_and_writes_every_output(tiny_project)
         assert bert_base["weights"] == "random (timing only)" and bert_base["student_speedup"] > 0
         assert (tiny_project / f"metrics/{task}/summary.md").read_text().startswith(f"# {task}")
         assert (tiny_project / f"metrics/{task}/results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert (tiny_project / f"models/student/{task}/seed-2/model.pt").is_file()
+        assert (tiny_project / f"models/student/{task}/bilstm/seed-2/model.pt").is_file()
+        for arch in ARCHS:  # every arch's run metrics, the same file for all
+            run_json = json.loads((tiny_project / f"metrics/{task}/student/{arch}/seed-2/run.json").read_text())
+            assert run_json["arch"] == arch and run_json["seed"] == 2 and 0 <= run_json["dev"]["accuracy"] <= 1
     # the declared 3-class pair task: macro-F1 (not F1), its unlabeled pairs counted in its transfer set
     assert _flat(json.loads((tiny_project / "metrics/nli/summary.json").read_text())) == NLI_COLUMNS
     transfer = json.loads((tiny_project / "metrics/nli/augment.json").read_text())
@@ -70,7 +73,8 @@ def test_reruns_touch_only_what_a_change_reaches(tiny_project, tmp_path):
     with open(repo / "data/external/nli/more.tsv", "a") as f:
         f.write("a fifth sentence .\ta sixth sentence ?\n")
     assert ran(run(["dvc", "repro"], repo)) == {"sources"} | stages_of("nli") - {
-        "download@nli", "teacher@nli", "baseline@nli-1", "baseline@nli-2"}
+        "download@nli", "teacher@nli", *(f"inputs@nli-{arch}" for arch in ARCHS),
+        *(f"baseline@nli-{arch}-{seed}" for arch in ARCHS for seed in (1, 2))}
     assert json.loads((repo / "metrics/nli/augment.json").read_text())["sources"]["unlabeled"] == UNLABELED_PAIRS + 1
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -104,30 +108,39 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
     for name, views in plots.items():
         assert len(views[0]["content"]["data"]["values"]) >= 2, name
 
-    # the student's size and its optimizer's rho make the student and the plain BiLSTM (the same network) of
-    # every task and seed out of date, and nothing else: never the teacher or the transfer set
+    # the optimizer's rho (distill: every arch) makes every student and baseline of every task, arch and seed out
+    # of date, and nothing else: never the teacher or the transfer set
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "student": {**params["student"], "hidden": 12},
-                                                      "distill": {**params["distill"], "rho": 0.9}}))
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "distill": {**params["distill"], "rho": 0.9}}))
     stale = set(json.loads(run(["dvc", "status", "--json"], repo)))
-    assert stale == {"check"} | {f"{s}@{t}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)}
+    assert stale == {"check"} | {f"{s}@{t}-{a}-{seed}" for s in SEEDED for t in TASKS for a in ARCHS for seed in (1, 2)}
     run(["git", "checkout", "params.yaml"], repo)
 
     # the labels' precision: label and what reads its output rerun, never the teacher, the transfer set or the
     # baselines; int8 differs from what `auto` resolves to on any CPU, and summary.json shows the one that ran
     label = run(["dvc", "exp", "run", "-S", "label.precision=int8", "evaluate@sst2"], repo)
-    assert ran(label) == {"check", "label@sst2", "evaluate@sst2"} | {f"student@sst2-{s}" for s in (1, 2)}
+    assert ran(label) == {"check", "label@sst2", "evaluate@sst2"} | {f"student@sst2-{arch}-{s}" for arch in ARCHS for s in (1, 2)}
     assert json.loads((repo / "metrics/sst2/label.json").read_text())["precision"] == "int8"
     assert json.loads((repo / "metrics/sst2/summary.json").read_text())["precision"]["label"] == "int8"
     run(["git", "checkout", "params.yaml", "dvc.lock", "metrics"], repo)
     run(["dvc", "checkout", "-q"], repo)
+    # a knob of one arch reaches that arch's stages alone: the student's size only the BiLSTM's, an n-gram knob
+    # only the n-gram student's and baseline's (check rewrites every arch's knob file, the others byte for byte)
+    for section, knob, value, arch in (("student", "hidden", 12, "bilstm"), ("ngram", "max_chars", 500, "ngram")):
+        (repo / "params.yaml").write_text(yaml.safe_dump({**params, section: {**params[section], knob: value}}))
+        assert ran(run(["dvc", "repro", f"inputs@sst2-{arch}", f"inputs@nli-{arch}"], repo)) == {
+            "check", f"inputs@sst2-{arch}", f"inputs@nli-{arch}"}
+        assert set(json.loads(run(["dvc", "status", "--json"], repo))) == {
+            f"{s}@{t}-{arch}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)}
+        run(["git", "checkout", "params.yaml"], repo)
+        run(["dvc", "repro", f"inputs@sst2-{arch}", f"inputs@nli-{arch}"], repo)  # back to the committed state
 
     # one more seed and a transfer-set knob, as an experiment: augment and label rerun, every student (new
     # labels), the baseline of the new seed only (it never reads the transfer set), never download or teacher;
     # the target keeps it to one task
     more = run(["dvc", "exp", "run", "-S", "seeds=[1,2,3]", "-S", "augment.p_mask=0.2", "evaluate@sst2"], repo)
-    assert ran(more) == ({"check", "augment@sst2", "label@sst2", "evaluate@sst2", "baseline@sst2-3"}
-                         | {f"student@sst2-{s}" for s in (1, 2, 3)})
+    assert ran(more) == ({"check", "augment@sst2", "label@sst2", "evaluate@sst2", "baseline@sst2-bilstm-3"}
+                         | {f"student@sst2-bilstm-{s}" for s in (1, 2, 3)})
     assert json.loads((repo / "metrics/sst2/report.json").read_text())["seeds"] == [1, 2, 3]
     changed = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))["metrics/sst2/summary.json"]
     assert (changed["seeds"]["old"], changed["seeds"]["new"]) == (2, 3)
@@ -146,7 +159,7 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
 
 
 def test_the_pair_student_predicts_the_same_through_pytorch_and_its_onnx_export(tiny_project):
-    predicted = run([sys.executable, "-m", "stages", "predict", "--model", "models/student/nli/seed-1", "--json", PAIR],
+    predicted = run([sys.executable, "-m", "stages", "predict", "--model", "models/student/nli/bilstm/seed-1", "--json", PAIR],
                     tiny_project)
     row = json.loads(predicted.strip().splitlines()[-1])
     assert row["label"] in NLI_LABELS and abs(sum(row["probabilities"].values()) - 1) < 1e-3

@@ -220,7 +220,7 @@ def test_s3_remote_fresh_clone_and_queued_sweep(tmp_path, tiny_project, s3_serve
     assert len(tasks) == 2 and "Failed" not in status, status
     for task_id in tasks:
         stages = ran(run(["dvc", "queue", "logs", task_id], clone))
-        assert {"student@sst2-1", "baseline@sst2-1", "evaluate@sst2", "export@sst2"} <= stages, stages
+        assert {"student@sst2-bilstm-1", "baseline@sst2-bilstm-1", "evaluate@sst2", "export@sst2"} <= stages, stages
         assert not stages & {"download@sst2", "teacher@sst2", "augment@sst2", "label@sst2"}, stages
     shown = list(csv.DictReader(io.StringIO(run([sys.executable, "-m", "stages", "show", "--csv"], clone))))
     experiments = [row for row in shown if row["Experiment"]]

@@ -95,8 +95,8 @@ def test_the_baseline_trains_with_its_own_epoch_budget_and_the_student_with_epoc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(stages.student, "train_student", fake_train)
     path = write_params(tmp_path / "params.yaml", distill={"epochs": 3, "baseline_epochs": baseline_epochs})
-    baseline(task="rt", seed=1, params=path)
-    student(task="rt", seed=1, params=path)
+    baseline(task="rt", arch="bilstm", seed=1, params=path)
+    student(task="rt", arch="bilstm", seed=1, params=path)
     assert seen["baseline"].epochs == expected and seen["student"].epochs == 3
     # nothing else of the baseline's settings moves
     assert seen["baseline"].model_dump(exclude={"epochs"}) == seen["student"].model_dump(exclude={"epochs"})

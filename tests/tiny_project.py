@@ -28,10 +28,12 @@ TINY = dict(
     augment={"n_iter": 2, "max_examples": 80},
     label={"batch_size": 16, "shard_rows": 32},
     student={"hidden": 8, "fc": 8, "vocab_size": 200},
+    ngram={"min_df": 1},
+    static={"vocab_size": 2000, "dims": 16, "hidden": 8},  # the first 2,000 word pieces: two teacher passes
     distill={"epochs": 2, "batch_size": 16},
     evaluate={"throughput_sentences": 16, "batch_size": 8, "reference_architectures": ["bert-base"]},
 )
-TASKS, SEEDED = ("sst2", "nli"), ("student", "baseline")
+TASKS, SEEDED, ARCHS = ("sst2", "nli"), ("student", "baseline"), ("bilstm", "ngram", "static")
 PER_TASK = ("download", "teacher", "augment", "label", "evaluate", "export")
 NLI_LABELS = ["contradiction", "neutral", "entailment"]
 UNLABELED_PAIRS = 6
@@ -68,8 +70,9 @@ def ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
-def stages_of(task: str, seeds=(1, 2)) -> set[str]:
-    return {f"{s}@{task}" for s in PER_TASK} | {f"{s}@{task}-{seed}" for s in SEEDED for seed in seeds}
+def stages_of(task: str, seeds=(1, 2), archs=ARCHS) -> set[str]:
+    return ({f"{s}@{task}" for s in PER_TASK} | {f"inputs@{task}-{arch}" for arch in archs}
+            | {f"{s}@{task}-{arch}-{seed}" for s in SEEDED for arch in archs for seed in seeds})
 
 
 def _declared_nli(repo: Path) -> tuple[dict, dict]:

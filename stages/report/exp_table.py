@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-KEY_PARAMS = ("tasks", "seeds", "teacher.model", "teacher.epochs", "augment.max_examples", "student.arch",
+KEY_PARAMS = ("tasks", "seeds", "teacher.model", "teacher.epochs", "augment.max_examples", "archs",
               "student.embedding_mode", "student.hidden", "distill.loss", "distill.alpha", "distill.epochs")
 # summary.json's metrics: scores on the dev split(s), the gain, the student/teacher and speed ratios, seeds, and the
 # precisions the teacher trained and labelled at (label.precision `auto` resolves per machine)

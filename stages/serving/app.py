@@ -91,11 +91,13 @@ def recommended_backend(export_dir: Path) -> str:
 
 
 def load_model(export_dir: Path, backend: str, threads: int | None = None):
-    from stages.models.onnx_student import ONNX_BACKENDS, OnnxStudent
+    from stages.models.onnx_student import ONNX_BACKENDS
 
     if backend not in ONNX_BACKENDS:
         raise StageError(f"unknown backend {backend!r}; serve runs {' or '.join(ONNX_BACKENDS)}")
-    return OnnxStudent(Path(export_dir), ONNX_BACKENDS[backend], threads=threads, spinning=False)
+    from stages.models.registry import load_predictor
+
+    return load_predictor(Path(export_dir), backend, threads=threads, spinning=False)
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> Response:
@@ -168,12 +170,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _load_runner(export_dir: Path, backend: str, threads: int | None):
-    """The export's OnnxStudent and the runner the service calls (one onnxruntime call per batch where it can)."""
-    from stages.models.onnx_student import MODEL_FILES, ONNX_BACKENDS
+    """The export's student, the function the service calls per batch, and whether a batch of mixed lengths is
+    one onnxruntime call (bilstm, cnn: where the graph allows; ngram, static: their graph takes bags always)."""
+    from stages.models.onnx_student import MODEL_FILES, ONNX_BACKENDS, OnnxStudent
     from stages.serving.padded import PaddedStudent
 
     student = load_model(export_dir, backend, threads)
-    return student, PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads)
+    if not isinstance(student, OnnxStudent):
+        return student, student.predict_proba, True
+    runner = PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads)
+    return student, runner.predict_proba, runner.padded
 
 
 def _json_errors(app: FastAPI) -> None:
@@ -199,10 +205,9 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
     `connections` reach uvicorn's protocol (stages/serving/guard.py) through the lifespan state; `api_key`:
     /predict requires it (None: open)."""
     backend = backend or recommended_backend(export_dir)
-    student, runner = _load_runner(export_dir, backend, threads)
+    student, run, one_call = _load_runner(export_dir, backend, threads)
     config = student.config
     labels, pair = list(config["label_names"]), bool(config["pair"])
-    run = runner.predict_proba  # a batch of mixed lengths in one call where the graph allows
 
     batcher = DynamicBatcher(run, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
                              enabled=batching.enabled)
@@ -223,7 +228,7 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
                               f"({', '.join(labels)}), run with onnxruntime ({backend}).")
     app.state.batcher, app.state.student = batcher, student
     health = {"status": "ok", "task": config["task"], "backend": backend, "labels": labels, "pair": pair,
-              "batching": asdict(batching) | {"one_call_per_batch": runner.padded}, "limits": asdict(limits),
+              "batching": asdict(batching) | {"one_call_per_batch": one_call}, "limits": asdict(limits),
               "connections": asdict(connections), "auth": "bearer" if api_key else "none"}
 
     _json_errors(app)

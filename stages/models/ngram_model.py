@@ -1,0 +1,204 @@
+"""The n-gram student: a linear layer over tf-idf word and character n-grams, trained on the teacher's logits
+(the `student` stage, with every `distill:` knob) or on gold labels (the `baseline` stage).
+
+Features (params.yaml `ngram:`; scikit-learn's analyzers): word n-grams (the student's WORD_PATTERN words,
+lower-cased) and character n-grams inside word boundaries (`char_wb`), each analyzer either a vocabulary (the
+`max_features` most frequent n-grams seen in at least `min_df` training sentences) or hashed into
+2**hash_bits columns. Counts -> 1 + log(count) (sublinear_tf) -> times idf (ln((1 + n) / (1 + df)) + 1, fitted on
+the original training sentences, scikit-learn's smooth idf) -> each sentence's row scaled to unit L2 norm.
+MASK (augmented rows) is read as a space. Pairs: [x_a, x_b, x_a * x_b] (the two sentences' rows side by side
+and their element-wise product, which is non-zero on the n-grams they share): 3 x the columns.
+
+Files (a model directory and an export directory alike): features.json (settings, vocabularies, idf),
+weights.npz (W: columns x labels, b: labels) and config.json; the export adds model.onnx and model.int8.onnx
+(stages/models/bag_onnx.py: the same sum over a sentence's columns, W's rows weighted by its tf-idf values).
+Inference needs numpy, scipy and scikit-learn, never PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from stages.data.text import MASK, WORD_PATTERN
+from stages.errors import StageError
+from stages.models.bag_onnx import BagSession, bag_inputs, csr_feed, write_export
+from stages.models.predictor import Predictor
+
+FEATURES_FILE, WEIGHTS_FILE, CONFIG_FILE = "features.json", "weights.npz", "config.json"
+ARCH = "ngram"
+
+
+def _analyzers(settings: dict) -> list[tuple[str, tuple[int, int]]]:
+    out = []
+    if settings.get("word_ngrams"):
+        out.append(("word", tuple(settings["word_ngrams"])))
+    if settings.get("char_ngrams"):
+        out.append(("char_wb", tuple(settings["char_ngrams"])))
+    return out
+
+
+def _vectorizer(analyzer: str, ngram_range: tuple[int, int], settings: dict, vocabulary=None):
+    from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
+
+    shared = dict(analyzer=analyzer, ngram_range=ngram_range, lowercase=True, dtype=np.float32,
+                  **({"token_pattern": WORD_PATTERN} if analyzer == "word" else {}))
+    if settings["features"] == "hashing":
+        return HashingVectorizer(n_features=2 ** settings["hash_bits"], alternate_sign=False, norm=None, **shared)
+    if vocabulary is not None:
+        return CountVectorizer(vocabulary={term: i for i, term in enumerate(vocabulary)}, **shared)
+    return CountVectorizer(min_df=settings["min_df"], max_features=settings["max_features"], **shared)
+
+
+class NgramFeaturizer:
+    """Texts -> tf-idf rows (scipy CSR, float32), the same in training, `predict`, `serve` and `compare`."""
+
+    def __init__(self, settings: dict, vocabularies: dict[str, list[str]], idf: np.ndarray):
+        self.settings, self.vocabularies, self.idf = settings, vocabularies, np.asarray(idf, np.float32)
+        self.vectorizers = [_vectorizer(name, span, settings, vocabularies.get(name)) for name, span in _analyzers(settings)]
+
+    @classmethod
+    def fit(cls, texts: list[str], settings: dict) -> NgramFeaturizer:
+        from scipy import sparse
+        from sklearn.feature_extraction.text import TfidfTransformer
+
+        texts = cls._clean(texts, settings)
+        vocabularies, counts = {}, []
+        for name, span in _analyzers(settings):
+            vectorizer = _vectorizer(name, span, settings)
+            try:
+                counts.append(vectorizer.fit_transform(texts))
+            except ValueError as e:  # "After pruning, no terms remain", "empty vocabulary"
+                raise StageError(f"ngram: the {name} n-grams {list(span)} of {len(texts)} training sentences leave no "
+                                 f"feature ({e}); lower ngram.min_df or use ngram.features=hashing") from None
+            if settings["features"] == "vocabulary":
+                vocabularies[name] = vectorizer.get_feature_names_out().tolist()
+        idf = TfidfTransformer(smooth_idf=True).fit(sparse.hstack(counts).tocsr()).idf_
+        return cls(settings, vocabularies, idf)
+
+    @staticmethod
+    def _clean(texts: list[str], settings: dict) -> list[str]:
+        return [text[: settings["max_chars"]].replace(MASK, " ") for text in texts]
+
+    @property
+    def width(self) -> int:
+        """Columns of one sentence's row."""
+        return len(self.idf)
+
+    def transform(self, texts: list[str]):
+        from scipy import sparse
+        from sklearn.preprocessing import normalize
+
+        texts = self._clean(list(texts), self.settings)
+        x = sparse.hstack([v.transform(texts) for v in self.vectorizers]).tocsr().astype(np.float32)
+        if self.settings["sublinear_tf"]:
+            np.log(x.data, out=x.data)
+            x.data += 1
+        x = x @ sparse.diags(self.idf)
+        return normalize(x, norm="l2", copy=False).tocsr()
+
+    def features(self, texts_a: list[str], texts_b: list[str] | None = None):
+        """One row per example: the sentence's tf-idf row, or [x_a, x_b, x_a * x_b] for a pair."""
+        from scipy import sparse
+
+        xa = self.transform(texts_a)
+        if texts_b is None:
+            return xa
+        xb = self.transform(texts_b)
+        return sparse.hstack([xa, xb, xa.multiply(xb)]).tocsr().astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps({"settings": self.settings, "vocabularies": self.vocabularies,
+                                          "idf": [round(float(v), 7) for v in self.idf]}))
+
+    @classmethod
+    def load(cls, path: Path) -> NgramFeaturizer:
+        try:
+            saved = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(saved["settings"], saved["vocabularies"], np.asarray(saved["idf"], np.float32))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StageError(f"{path} is not an n-gram featurizer ({str(e).splitlines()[0]}); rerun the inputs stage") from None
+
+
+def _read_config(model_dir: Path) -> dict:
+    from stages.models.onnx_student import read_config
+
+    return read_config(Path(model_dir) / CONFIG_FILE)
+
+
+def _check(model_dir: Path, names: tuple[str, ...], what: str) -> None:
+    missing = [name for name in names if not (Path(model_dir) / name).is_file()]
+    if missing:
+        raise StageError(f"{model_dir} is not {what} (missing {', '.join(missing)})")
+
+
+def save(out_dir: Path, features_file: Path, weight: np.ndarray, bias: np.ndarray, config: dict) -> None:
+    """A trained n-gram student in out_dir (an existing temporary directory: the caller renames it), with the
+    featurizer it was trained with (features_file, the inputs stage's)."""
+    out_dir = Path(out_dir)
+    shutil.copy(features_file, out_dir / FEATURES_FILE)
+    np.savez(out_dir / WEIGHTS_FILE, W=np.asarray(weight, np.float32), b=np.asarray(bias, np.float32))
+    (out_dir / CONFIG_FILE).write_text(json.dumps({**config, "arch": ARCH}, indent=2) + "\n")
+
+
+class _Ngram(Predictor):
+    """What both n-gram predictors share: the config and the featurizer."""
+
+    featurizer: NgramFeaturizer
+
+    def features(self, texts_a: list[str], texts_b: list[str] | None = None):
+        return self.featurizer.features(texts_a, texts_b)
+
+
+class NgramStudent(_Ngram):
+    """A trained n-gram student from its directory: numpy and scipy (features @ W + b)."""
+
+    def __init__(self, model_dir: Path, device=None):  # device: the registry's signature; numpy runs on the CPU
+        model_dir = Path(model_dir)
+        _check(model_dir, (FEATURES_FILE, WEIGHTS_FILE, CONFIG_FILE), "a saved n-gram student")
+        self.config = _read_config(model_dir)
+        self.featurizer = NgramFeaturizer.load(model_dir / FEATURES_FILE)
+        try:
+            with np.load(model_dir / WEIGHTS_FILE) as saved:
+                self.weight, self.bias = saved["W"], saved["b"]
+        except (OSError, ValueError, KeyError) as e:
+            raise StageError(f"{model_dir / WEIGHTS_FILE} is not an n-gram student's weights ({e})") from None
+        width = self.featurizer.width * (3 if self.config["pair"] else 1)
+        if self.weight.shape != (width, self.config["num_labels"]):
+            raise StageError(f"{model_dir / WEIGHTS_FILE}: W has shape {self.weight.shape}, the features and labels "
+                             f"make {(width, self.config['num_labels'])}")
+
+    def compute_logits(self, texts_a: list[str], texts_b: list[str] | None, batch_size: int) -> np.ndarray:
+        return np.asarray(self.features(texts_a, texts_b) @ self.weight + self.bias, np.float32)
+
+
+class OnnxNgram(_Ngram):
+    """An exported n-gram student: the featurizer in numpy, the sum and the bias in onnxruntime."""
+
+    def __init__(self, export_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True):
+        export_dir = Path(export_dir)
+        _check(export_dir, (FEATURES_FILE, CONFIG_FILE), "an exported n-gram student")
+        self.config = _read_config(export_dir)
+        self.featurizer = NgramFeaturizer.load(export_dir / FEATURES_FILE)
+        self.session = BagSession(export_dir, variant, threads, spinning)
+
+    def compute_logits(self, texts_a: list[str], texts_b: list[str] | None, batch_size: int) -> np.ndarray:
+        x = self.features(texts_a, texts_b)
+        out = np.zeros((x.shape[0], self.config["num_labels"]), np.float32)
+        for start in range(0, x.shape[0], batch_size):
+            part = x[start:start + batch_size]
+            out[start:start + part.shape[0]] = self.session.run(part.shape[0], csr_feed(part.indptr, part.indices, part.data))
+        return out
+
+
+def export(model_dir: Path, out_dir: Path) -> dict:
+    """Write the export files of the student in model_dir into out_dir (an existing directory): model.onnx,
+    model.int8.onnx, features.json, config.json. Returns the config written (with parameter counts)."""
+    student = NgramStudent(model_dir)
+    size = int(student.weight.size + student.bias.size)
+    return write_export(Path(out_dir), student.weight, [(None, student.bias)], pair_features=False,
+                        copy=Path(model_dir) / FEATURES_FILE, config={**student.config, "inputs": bag_inputs(False),
+                                                                      "params_all": size, "params_without_embeddings": size})

@@ -1,0 +1,188 @@
+"""The bag students (docs/students.md): `ngram` (tf-idf n-grams, a linear layer) and `static` (Model2Vec-style
+embeddings from the teacher, a small head). Their features, that the n-gram student reproduces a teacher on a
+separable set, the static embeddings' rule, and on the tiny project: export, predict and serve without PyTorch."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from stages.data.io import LABELED_SCHEMA
+from stages.data.tasks import Task, get_task
+from stages.errors import StageError
+from stages.inputs import build_inputs
+from stages.models.registry import load_predictor
+from stages.models.ngram_model import NgramFeaturizer
+from stages.params import DistillParams, NgramParams, StaticParams
+from stages.student import train_bag_student
+from tests.conftest import REPO
+from tests.test_export import _report
+from tests.test_student import CPU, one_thread, sentiment_rows, write_raw  # noqa: F401 (one_thread: autouse)
+
+NGRAM = NgramParams(min_df=1).model_dump()
+
+
+def _labeled(path: Path, rows: dict, teacher: np.ndarray) -> Path:
+    """A transfer set of original rows whose teacher logits are `teacher` (n, 2)."""
+    n = len(rows["text_a"])
+    table = {"text_a": rows["text_a"], "text_b": rows["text_b"], "is_original": [True] * n, "label": rows["label"],
+             "source_idx": list(range(n)), "source": ["original"] * n,
+             "logits": pa.array(teacher.tolist(), pa.list_(pa.float32())), "teacher_label": teacher.argmax(1).tolist()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(table, schema=LABELED_SCHEMA), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def separable(tmp_path_factory) -> Path:
+    """300 sentences; the teacher says fresh exactly when "good" is in the text; the gold labels say the opposite."""
+    root = tmp_path_factory.mktemp("separable")
+    rows = sentiment_rows(300, seed=1)
+    good = np.array(["good" in text.split() for text in rows["text_a"]])
+    teacher = np.where(good[:, None], [[-3.0, 3.0]], [[3.0, -3.0]]).astype(np.float32)
+    rows["label"] = (~good).astype(int).tolist()
+    _labeled(root / "labeled.parquet", rows, teacher)
+    write_raw(root / "raw" / "train.parquet", rows)
+    write_raw(root / "raw" / "dev.parquet", sentiment_rows(60, seed=2))
+    build_inputs(get_task("rt"), "ngram", root / "raw", root / "no-teacher", root / "inputs", knobs=NGRAM)
+    return root
+
+
+@pytest.mark.parametrize("alpha, follows", [(0.0, "teacher"), (1.0, "gold")])
+def test_the_ngram_student_reproduces_what_it_is_fitted_to(separable, tmp_path, alpha, follows):
+    """alpha 0: the teacher's logits alone, every training sentence gets the teacher's label; alpha 1: the gold
+    labels of the original sentences alone (here the teacher's opposite), every one of them reproduced."""
+    metrics = train_bag_student(get_task("rt"), "ngram", separable / "labeled.parquet", separable / "raw",
+                                separable / "inputs", tmp_path / "m", knobs=NgramParams(min_df=1),
+                                distill=DistillParams(alpha=alpha, batch_size=10, epochs=6, patience=6, optimizer="adam",
+                                                      lr=0.1), device=CPU, seed=0, use_teacher_logits=True)
+    table = pq.read_table(separable / "labeled.parquet").to_pydict()
+    target = np.array(table["teacher_label"] if follows == "teacher" else table["label"])
+    predicted = load_predictor(tmp_path / "m").predict_logits(table["text_a"]).argmax(1)
+    assert (predicted == target).all(), f"{(predicted != target).sum()} of {len(target)} differ"
+    assert metrics["alpha"] == alpha and metrics["loss"] == ("mse" if alpha < 1 else "ce") and metrics["arch"] == "ngram"
+    if follows == "teacher":
+        assert metrics["dev"]["accuracy"] == 1.0  # the teacher's rule is the dev labels' rule
+
+
+def test_ngram_features_are_unit_tfidf_rows_and_pairs_add_the_shared_ngrams():
+    texts = ["a good film", "a bad film", "good good good", "the plot"]
+    featurizer = NgramFeaturizer.fit(texts, NGRAM)
+    x = featurizer.features(texts)
+    np.testing.assert_allclose(np.sqrt(x.multiply(x).sum(1)).A1, 1, rtol=1e-6)
+    words = featurizer.vocabularies["word"]
+    assert {"good", "good film", "the plot"} <= set(words) and len(featurizer.vocabularies["char_wb"]) > 10
+    pair = featurizer.features(["a good film", "the plot"], ["a bad film", "the plot"])
+    width = featurizer.width
+    assert pair.shape == (2, 3 * width)
+    shared = pair[:, 2 * width:].toarray()
+    film = featurizer.vocabularies["word"].index("film")  # word columns come first
+    assert shared[0, film] > 0 and shared[0, words.index("good")] == 0  # "film" in both, "good" in one
+    np.testing.assert_allclose(shared[1].sum(), 1, rtol=1e-5)  # the same sentence twice: x * x sums to |x|^2 = 1
+    hashed = NgramFeaturizer.fit(texts, {**NGRAM, "features": "hashing", "hash_bits": 10})
+    assert hashed.width == 2 * 2 ** 10 and hashed.vocabularies == {}
+    with pytest.raises(StageError, match="lower ngram.min_df"):
+        NgramFeaturizer.fit(texts, {**NGRAM, "min_df": 3, "char_ngrams": None})
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A small random BERT with the packaged teacher's word pieces (the rule, not the weights, is under test)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from stages.models.teacher_model import resolve_model
+
+    path = tmp_path_factory.mktemp("teacher")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2").location)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_static_embeddings_are_the_teachers_token_vectors_rotated_and_zipf_weighted(tiny_teacher, tmp_path):
+    """With every PCA component kept, PCA only centres and rotates: the distances between the rows, each divided by
+    its Zipf weight log(1 + id), are the distances between the encoder's mean output states for [CLS] id [SEP]."""
+    from transformers import AutoModel
+
+    from stages.models.static_model import EMBEDDINGS_FILE, build_embeddings
+
+    info = build_embeddings(tiny_teacher, tmp_path, dims=64, weighting="zipf", batch_size=100, device=CPU,
+                            vocab_size=300)
+    assert info["dims"] == 16 and info["vocab_size"] == 300  # at most the teacher's hidden size
+    table = np.load(tmp_path / EMBEDDINGS_FILE).astype(np.float64)
+    assert table.shape == (300, 16) and not table[0].any()  # [PAD] (id 0) has weight log(1) = 0
+    ids = [5, 120, 299]
+    encoder = AutoModel.from_pretrained(tiny_teacher).eval()
+    with torch.inference_mode():
+        states = encoder(input_ids=torch.tensor([[101, i, 102] for i in ids])).last_hidden_state.mean(1).numpy()
+    unweighted = table[ids] / np.log1p(ids)[:, None]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            np.testing.assert_allclose(np.linalg.norm(unweighted[i] - unweighted[j]),
+                                       np.linalg.norm(states[i] - states[j]), rtol=2e-3)
+
+
+# --- on the tiny project: each arch's trained runs, exported, predicted and served --------------------------
+
+ARCH_FILES = {"ngram": "features.json", "static": "tokenizer.json"}
+PAIR = "first sentence number 1 .\tsecond sentence 1 ?"
+NO_TORCH = "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["ngram", "static"])
+def test_each_bag_arch_trains_exports_predicts_and_serves_without_torch(tiny_project, tmp_path, arch):
+    from stages.export import export_student
+
+    outputs = {}
+    for task_name in ("sst2", "nli"):
+        task = get_task(task_name) if task_name == "sst2" else Task.from_dict(
+            json.loads((tiny_project / "data/sources/nli.json").read_text())["task"])  # the declared pair task
+        run_dir = tiny_project / f"models/student/{task_name}/{arch}/seed-1"
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["arch"] == arch and config["task"] == task_name and config["label_names"]
+        export = tmp_path / task_name
+        result = export_student(task, run_dir, tiny_project / f"data/raw/{task_name}", export, seed=1,
+                                report=_report(task, 1, 0.5), teacher={"model": "t", "dev": {m: 0.9 for m in task.metrics}},
+                                data={"splits": {}}, batch_size=8, throughput_sentences=16)
+        assert sorted(p.name for p in export.iterdir()) == sorted(
+            ["README.md", "config.json", "model.int8.onnx", "model.onnx", ARCH_FILES[arch]])
+        assert set(result["backends"]) == {"numpy", "onnx-fp32", "onnx-int8"} and result["arch"] == arch
+        assert result["max_abs_logit_diff_fp32"] <= 1e-4
+        card = (export / "README.md").read_text()
+        assert card.startswith("---\nlibrary_name: onnx") and f"--backend {'onnx-int8' if result['recommended'] == 'int8' else 'onnx'}" in card
+        outputs[task_name] = (run_dir, export)
+
+    # predict (both backends) and serve in one process where `import torch` fails
+    script = NO_TORCH + f"""
+import json
+from fastapi.testclient import TestClient
+from stages.predict import classify
+from stages.serving.app import create_app
+out = {{}}
+for task, (run_dir, export, text) in {json.dumps({t: [str(r), str(e), PAIR if t == "nli" else "good movie"]
+                                                   for t, (r, e) in outputs.items()})}.items():
+    out[task] = {{"numpy": classify(run_dir, [text], backend="torch")[0],
+                 "onnx": classify(export, [text], backend="onnx")[0]}}
+    body = {{"pairs": [text.split("\\t")]}} if "\\t" in text else {{"texts": [text]}}
+    with TestClient(create_app(export, "onnx")) as client:
+        out[task]["served"] = client.post("/predict", json=body).json()["predictions"][0]
+assert "torch" not in sys.modules or sys.modules["torch"] is None
+print(json.dumps(out))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    for task_name, got in answers.items():
+        numpy_p, onnx_p = got["numpy"]["probabilities"], got["onnx"]["probabilities"]
+        assert list(numpy_p) == json.loads((outputs[task_name][0] / "config.json").read_text())["label_names"]
+        assert onnx_p == pytest.approx(numpy_p, abs=2e-4) and got["served"]["probabilities"] == pytest.approx(numpy_p, abs=2e-4)
+        assert got["served"]["label"] == got["numpy"]["label"] == max(numpy_p, key=numpy_p.get)
