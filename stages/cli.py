@@ -250,9 +250,41 @@ def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def compare(task: str = TaskOption, params: Path = ParamsOption) -> None:
+    """Every model you could ship for the task, side by side: TF-IDF + logistic regression and static embeddings
+    + logistic regression (fitted here on the gold train split), the hard-label and the distilled students (every
+    arch, every seed), and the teacher in onnxruntime fp32 and int8 with dynamic padding.
+
+    Scores on the same splits (mean ± sd over seeds), sentences/s at compare.batch_size and batch-1 p50 latency
+    (one process, compare.threads threads), disk size and peak RSS; the best student tested against the best
+    model without a teacher; the model to ship (compare.min_speedup; docs/compare.md). Writes
+    metrics/<task>/compare.json, compare.md, compare_plot.json (dvc plots) and compare.png.
+    """
+    from stages.compare import compare as run_compare
+    from stages.report.compare_report import compare_figure, compare_markdown, plot_rows
+
+    t = get_task(task)
+    p = load_params(params)
+    archs = [p.student.arch]  # the archs the student and baseline stages trained
+    runs = {kind: paths.arch_runs(kind, t.name, p.seeds, archs) for kind in ("student", "baseline")}
+    result = run_compare(t, paths.raw_dir(t.name), paths.model_dir("teacher", t.name), paths.static_dir(t.name),
+                         runs, p.compare, max_length=p.teacher.max_length)
+    out = paths.metrics_dir(t.name)
+    write_json(result, out / "compare.json")
+    write_json({"models": plot_rows(result, t)}, out / "compare_plot.json")
+    with atomic_path(out / "compare.png") as tmp:
+        compare_figure(result, t, tmp)
+    text = compare_markdown(result, t)
+    with atomic_path(out / "compare.md") as tmp:
+        tmp.write_text(text)
+    typer.echo(text)
+
+
+@app.command()
 def export(task: str = TaskOption, params: Path = ParamsOption) -> None:
-    """Ship the student of the first seed in `seeds`: models/export/<task>/ holds model.onnx, model.int8.onnx
-    (onnxruntime dynamic quantisation), tokenizer.json, config.json and a model card (README.md).
+    """Ship the student the compare stage chose (metrics/<task>/compare.json: its arch), first seed in `seeds`:
+    models/export/<task>/ holds model.onnx, model.int8.onnx (onnxruntime dynamic quantisation), tokenizer.json,
+    config.json and a model card (README.md) that says what it beat and by how much.
 
     Also compares PyTorch, ONNX fp32 and ONNX int8 on the same dev sentences (scores, sentences/s at
     evaluate.batch_size, batch-1 latency p50/p95): metrics/<task>/export.json.
@@ -266,14 +298,19 @@ def export(task: str = TaskOption, params: Path = ParamsOption) -> None:
     seed = p.seeds[0]
     out = paths.metrics_dir(t.name)
     inputs = {}
-    for name in ("report", "teacher", "data"):
+    for name in ("report", "teacher", "data", "compare"):
         try:
             inputs[name] = json.loads((out / f"{name}.json").read_text())
         except (OSError, ValueError) as e:
             raise StageError(f"cannot read {out / f'{name}.json'} ({e}); run the stages before export first") from None
-    result = export_student(t, paths.model_dir("student", t.name, seed), paths.raw_dir(t.name),
-                            paths.model_dir("export", t.name), seed=seed, batch_size=p.evaluate.batch_size,
-                            throughput_sentences=p.evaluate.throughput_sentences, **inputs)
+    choice = inputs.pop("compare")["ship"]
+    if choice["seed"] != seed:
+        raise StageError(f"{out / 'compare.json'} chose seed {choice['seed']}, not the first of seeds {p.seeds}; "
+                         "rerun compare")
+    model_dir = paths.arch_runs("student", t.name, [seed], [choice["arch"]])[choice["arch"]][seed][0]
+    result = export_student(t, model_dir, paths.raw_dir(t.name), paths.model_dir("export", t.name), seed=seed,
+                            batch_size=p.evaluate.batch_size, throughput_sentences=p.evaluate.throughput_sentences,
+                            choice=choice, **inputs)
     write_json(result, out / "export.json")
     for name, r in result["backends"].items():
         typer.echo(f"{t.name} {name}: {r['scores']} {r['sentences_per_s']:,.0f} sentences/s, "

@@ -2,92 +2,34 @@
 a config and a model card, and compare the three ways to run it (PyTorch, ONNX fp32, ONNX int8) on the same
 dev sentences: scores, sentences/s at a batch of `batch_size`, and single-sentence latency.
 
-The exported seed is the first of params.yaml's `seeds` (not the best on dev, which would flatter its score);
-the card reports it beside the mean ± sd over all seeds from evaluate's report.json.
+Which student ships is the `compare` stage's choice (metrics/<task>/compare.json, its `ship` section: the arch,
+by the documented rule of docs/compare.md); the card says what that model beat and by how much. The exported seed
+is the first of params.yaml's `seeds` (not the best on dev, which would flatter its score); the card reports it
+beside the mean ± sd over all seeds from evaluate's report.json. Each arch is written by its exporter
+(stages/models/onnx_export.py `EXPORTERS`).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet
 from stages.report.metrics import task_metrics
-from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, TOKENIZER_FILE, OnnxStudent
+from stages.models.onnx_export import export_onnx, exporter, quantize_int8  # noqa: F401 (export_onnx: tests build exports with it)
+from stages.models.onnx_student import MODEL_FILES, OnnxStudent
+from stages.models.timing import measure_speed
 from stages.predict import ONNX_BACKENDS
-from stages.student import VOCAB_FILE, Student, load_student
-from stages.models.student_model import count_parameters
+from stages.student import Student, load_student
 from stages.data.tasks import Task
 
-OPSET = 17
 # int8 is the card's recommendation only when it costs at most this many points of the task's selection
 # metric on dev; otherwise the card recommends fp32. Dynamic int8 can break a siamese student: its |h1 - h2|
 # feature turns the two encoders' independent rounding errors into a bias (MRPC: 16.67 points).
 INT8_MAX_COST_POINTS = 0.5
-
-
-class DenseStudent(nn.Module):
-    """The student's inference graph for export: ids of one length per batch in, logits out (no packing)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.eval()
-
-    def forward(self, ids_a: torch.Tensor, ids_b: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.dense_logits(ids_a, ids_b)
-
-
-def export_onnx(student: Student, path: Path) -> None:
-    """model.onnx with dynamic batch and length (each input its own length for pairs), one file.
-
-    TorchScript-based export: it maps nn.LSTM to ONNX's LSTM op with a dynamic number of steps, where the
-    dynamo exporter unrolls the recurrence for the example's length."""
-    graph = DenseStudent(student.model.cpu())
-    pair = student.config["pair"]
-    example = (torch.randint(3, 10, (2, 5)),) + ((torch.randint(3, 10, (2, 4)),) if pair else ())
-    names = ["ids_a", "ids_b"] if pair else ["ids"]
-    axes = {name: {0: "batch", 1: f"length_{name}"} for name in names} | {"logits": {0: "batch"}}
-    with warnings.catch_warnings(), torch.inference_mode(False):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, example, str(path), input_names=names, output_names=["logits"],
-                          dynamic_axes=axes, dynamo=False, opset_version=OPSET)
-    _inline_shared_weights(path)
-
-
-def _inline_shared_weights(path: Path) -> None:
-    """The exporter passes a weight used twice (the siamese LSTM) through Identity nodes; the quantiser only
-    quantises weights read straight from the initializers, so point every reader at the initializer itself."""
-    import onnx
-
-    model = onnx.load(str(path))
-    graph, initializers = model.graph, {init.name for init in model.graph.initializer}
-    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers}
-    if not alias or any(output.name in alias for output in graph.output):
-        return
-    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
-    for node in keep:
-        node.input[:] = [alias.get(name, name) for name in node.input]
-    del graph.node[:]
-    graph.node.extend(keep)
-    onnx.save(model, str(path))
-
-
-def quantize_int8(fp32: Path, int8: Path) -> None:
-    """onnxruntime's dynamic quantisation: int8 weights (LSTM, MatMul), activations quantised on the fly."""
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # it suggests a pre-processing step meant for CNNs
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
 
 
 def _dev(task: Task, raw_dir: Path) -> dict[str, tuple[list[str], list[str] | None, np.ndarray]]:
@@ -97,20 +39,6 @@ def _dev(task: Task, raw_dir: Path) -> dict[str, tuple[list[str], list[str] | No
         out[split] = (table["text_a"].to_pylist(), table["text_b"].to_pylist() if task.is_pair else None,
                       table["label"].to_numpy())
     return out
-
-
-def _timed(run, texts_a, texts_b, batch_size: int, latency_n: int) -> dict:
-    run(texts_a[:8], texts_b[:8] if texts_b else None, batch_size)  # warm-up: first-call setup is not speed
-    start = time.perf_counter()
-    run(texts_a, texts_b, batch_size)
-    throughput = len(texts_a) / (time.perf_counter() - start)
-    latencies = []
-    for i in range(min(latency_n, len(texts_a))):
-        start = time.perf_counter()
-        run(texts_a[i:i + 1], texts_b[i:i + 1] if texts_b else None, 1)
-        latencies.append(1000 * (time.perf_counter() - start))
-    return {"sentences_per_s": round(throughput, 1), "latency_ms_p50": round(float(np.percentile(latencies, 50)), 3),
-            "latency_ms_p95": round(float(np.percentile(latencies, 95)), 3)}
 
 
 def compare_backends(task: Task, student: Student, export_dir: Path, raw_dir: Path, *, batch_size: int,
@@ -133,7 +61,7 @@ def compare_backends(task: Task, student: Student, export_dir: Path, raw_dir: Pa
             out = run(ta, tb, batch_size)
             logits[name, s] = out
             scores[s] = task_metrics(task, labels, out.argmax(-1))
-        results[name] = {"scores": scores, **_timed(run, sample_a, sample_b, batch_size, latency_sentences)}
+        results[name] = {"scores": scores, **measure_speed(run, sample_a, sample_b, batch_size, latency_sentences)}
     metric = task.metrics[0]
     gap = max(float(np.abs(logits["onnx-fp32", s] - logits["pytorch", s]).max()) for s in dev)
     cost = round(100 * (results["pytorch"]["scores"][split][metric] - results["onnx-int8"]["scores"][split][metric]), 2)
@@ -158,7 +86,31 @@ def _pm(stat: dict) -> str:
     return f"{100 * stat['mean']:.2f} ± {100 * stat['sd']:.2f}" if stat.get("sd") is not None else f"{100 * stat['mean']:.2f}"
 
 
-def model_card(task: Task, config: dict, seed: int, report: dict, comparison: dict, teacher: dict, data: dict) -> str:
+def why_shipped(choice: dict | None, metric: str) -> str:
+    """The card's paragraph on why this model ships: compare's rule, what it beat and by how much, or '' without."""
+    if not choice:
+        return ""
+    lines = [f"## Why this model\n\nChosen by the `compare` stage ({choice['rule']})."]
+    if not choice["rule_met"]:
+        lines.append(f"No distilled student reached {choice['min_speedup']:g}× the teacher's ONNX int8 speed, so the "
+                     "fastest one ships.")
+    beat = choice.get("versus_best_alternative")
+    if beat:
+        verb = "beats" if beat["points"] > 0 else "does not beat"
+        p = beat.get("p_value")
+        lines.append(f"On dev {metric}, over its seeds, it {verb} the best model that needs no teacher, {beat['name']} "
+                     f"({beat['runtime']}), by {beat['points']:+.2f} points"
+                     + (f" ({beat['test']}, p = {p:.3g})" if p is not None else "") + ".")
+    teacher = choice.get("versus_teacher_int8")
+    if teacher:
+        lines.append(f"Against the teacher run as a user would ship it (ONNX int8, dynamic padding) it is "
+                     f"{teacher['points']:+.2f} points on dev {metric} and {teacher['speedup']:.1f}× its sentences/s "
+                     f"({choice['threads']} threads).")
+    return " ".join(lines) + "\n\n"
+
+
+def model_card(task: Task, config: dict, seed: int, report: dict, comparison: dict, teacher: dict, data: dict,
+               choice: dict | None = None) -> str:
     """README.md of the export directory (the Hugging Face model card convention: YAML front matter, then text)."""
     split, metric = task.selection_split, task.metrics[0]
     scores, n = report["scores"], len(report["seeds"])
@@ -204,7 +156,7 @@ after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task.label_names)}
 - **Parameters**: {config.get('params_all', 0):,} ({config.get('params_without_embeddings', 0):,} without embeddings);
   max {config['max_length']} tokens per sentence.
 
-## Speed ({comparison['threads']} CPU threads, text in, logits out)
+{why_shipped(choice, metric)}## Speed ({comparison['threads']} CPU threads, text in, logits out)
 
 | backend | {split} {metric} | sentences/s (batch {comparison['batch_size']}) | latency ms, batch 1 (p50 / p95) |
 |---|---|---|---|
@@ -240,20 +192,19 @@ Produced by the `export` stage of this repository's DVC pipeline (`dvc repro`); 
 
 
 def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict,
-                   teacher: dict, data: dict, batch_size: int = 512, throughput_sentences: int = 2000) -> dict:
-    """Write out_dir/{model.onnx, model.int8.onnx, tokenizer.json, config.json, README.md}; return the comparison."""
+                   teacher: dict, data: dict, batch_size: int = 512, throughput_sentences: int = 2000,
+                   choice: dict | None = None) -> dict:
+    """Write out_dir/{model.onnx, model.int8.onnx, tokenizer.json, config.json, README.md}; return the comparison.
+    choice: compare.json's `ship` section (which arch, and why), or None for the student in model_dir alone."""
     student = load_student(model_dir, "cpu")
+    arch = student.config.get("arch", "bilstm")
+    if choice is not None and choice["arch"] != arch:
+        raise StageError(f"compare chose arch {choice['arch']!r} but {model_dir} holds a {arch} student; rerun compare")
     if str(seed) not in report["scores"]["student"][task.selection_split][task.metrics[0]]["seeds"]:
         raise StageError(f"seed {seed} is not in the evaluate report's seeds {report['seeds']}; rerun evaluate")
-    run = json.loads((Path(model_dir) / "config.json").read_text())
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
-        export_onnx(student, tmp / MODEL_FILES["fp32"])
-        quantize_int8(tmp / MODEL_FILES["fp32"], tmp / MODEL_FILES["int8"])
-        shutil.copy(Path(model_dir) / VOCAB_FILE, tmp / TOKENIZER_FILE)
-        config = {**run, "seed": seed, "inputs": ["ids_a", "ids_b"] if task.is_pair else ["ids"],
-                  **{f"params_{k}": v for k, v in count_parameters(student.model).items()}}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        config = exporter(arch).write(student, model_dir, tmp, {"seed": seed})
         comparison = compare_backends(task, student, tmp, raw_dir, batch_size=batch_size,
                                       throughput_sentences=throughput_sentences)
-        (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data))
-    return {"task": task.name, "seed": seed, **comparison}
+        (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data, choice))
+    return {"task": task.name, "seed": seed, "arch": arch, **comparison}

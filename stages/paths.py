@@ -45,6 +45,21 @@ def run_dir(kind: str, task: str, seed: int) -> Path:
     return METRICS / task / kind / seed_name(seed)
 
 
+def arch_runs(kind: str, task: str, seeds: list[int], archs: list[str]) -> dict[str, dict[int, tuple[Path, Path]]]:
+    """Every trained student or baseline of a task: {arch: {seed: (model dir, run dir)}}.
+
+    The one place that knows where each arch's runs live. Today one arch (params.yaml `student.arch`) trains into
+    models/<kind>/<task>/seed-<n>/; with several archs in the matrix this becomes
+    models/<kind>/<task>/<arch>/seed-<n>/ and metrics/<task>/<kind>/<arch>/seed-<n>/.
+    """
+    return {arch: {seed: (model_dir(kind, task, seed), run_dir(kind, task, seed)) for seed in seeds} for arch in archs}
+
+
+def static_dir(task: str) -> Path:
+    """Static token embeddings made from the task's teacher (Model2Vec's format), for the static + LR alternative."""
+    return MODELS / "static" / task
+
+
 def seed_name(seed: int) -> str:
     return f"seed-{seed}"
 
