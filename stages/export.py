@@ -96,11 +96,12 @@ def why_shipped(choice: dict | None, metric: str) -> str:
                      "fastest one ships.")
     beat = choice.get("versus_best_alternative")
     if beat:
-        verb = "beats" if beat["points"] > 0 else "does not beat"
+        verb = f"beats {beat['label']}" if beat["points"] > 0 else f"trails {beat['label']}"
         p = beat.get("p_value")
-        lines.append(f"On dev {metric}, over its seeds, it {verb} the best model that needs no teacher, {beat['name']} "
-                     f"({beat['runtime']}), by {beat['points']:+.2f} points"
-                     + (f" ({beat['test']}, p = {p:.3g})" if p is not None else "") + ".")
+        lines.append(f"On dev {metric}, over its seeds, it {verb} ({beat['runtime']}), the best model that needs no "
+                     f"teacher, by {abs(beat['points']):.2f} points"
+                     + (f" ({beat['test']}, p = {p:.3g}: {'a win' if beat['significant'] else 'not a win'} at "
+                        "p < 0.05)" if p is not None else "") + ".")
     teacher = choice.get("versus_teacher_int8")
     if teacher:
         lines.append(f"Against the teacher run as a user would ship it (ONNX int8, dynamic padding) it is "

@@ -30,9 +30,10 @@ TINY = dict(
     student={"hidden": 8, "fc": 8, "vocab_size": 200},
     distill={"epochs": 2, "batch_size": 16},
     evaluate={"throughput_sentences": 16, "batch_size": 8, "reference_architectures": ["bert-base"]},
+    compare={"throughput_sentences": 16, "batch_size": 8, "latency_sentences": 4, "timing_rounds": 1},
 )
 TASKS, SEEDED = ("sst2", "nli"), ("student", "baseline")
-PER_TASK = ("download", "teacher", "augment", "label", "evaluate", "export")
+PER_TASK = ("download", "teacher", "augment", "label", "compare", "evaluate", "export")
 NLI_LABELS = ["contradiction", "neutral", "entailment"]
 UNLABELED_PAIRS = 6
 

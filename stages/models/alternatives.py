@@ -2,9 +2,9 @@
 
 - TF-IDF + LR: word n-grams and character n-grams (within word boundaries) weighted by tf-idf, one
   LogisticRegression (L2, lbfgs: deterministic, no seed).
-- static + LR: static token embeddings (Model2Vec's format: `model.safetensors` holding an `embeddings` matrix
-  of vocabulary × dimensions, and the `tokenizer.json` it was made with), mean-pooled over a sentence's tokens,
-  then the same LogisticRegression.
+- static + LR: static token embeddings made from the teacher (a vocabulary × dimensions matrix, as
+  `embeddings.npy` or in Model2Vec's `model.safetensors` under `embeddings`, beside the `tokenizer.json` it was
+  made with), mean-pooled over a sentence's tokens, then the same LogisticRegression.
 
 A pair task gets the two sentences' features and their element-wise product side by side (static: [u, v, u⊙v,
 |u−v|], as the siamese student does). Fitted models are plain pickles (joblib) of a scikit-learn Pipeline: what
@@ -21,7 +21,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from stages.errors import StageError
 
-STATIC_FILES = ("model.safetensors", "tokenizer.json")
+STATIC_VECTORS = ("embeddings.npy", "model.safetensors")  # the static student's inputs, or Model2Vec's format
+STATIC_TOKENIZER = "tokenizer.json"
 
 
 def _pairs(texts_a: list[str], texts_b: list[str] | None) -> list:
@@ -81,25 +82,31 @@ class StaticFeatures(BaseEstimator, TransformerMixin):
 
 
 def load_static(static_dir: Path):
-    """(tokenizers.Tokenizer, float32 matrix) of a Model2Vec-format directory; what is missing is named."""
-    from safetensors.numpy import load_file
+    """(tokenizers.Tokenizer, float32 matrix) of a static-embeddings directory; what is missing is named."""
     from tokenizers import Tokenizer
 
     static_dir = Path(static_dir)
     if not static_dir.is_dir():
         raise StageError(f"static embeddings not found at {static_dir} (the static_embeddings stage writes them)")
-    missing = [name for name in STATIC_FILES if not (static_dir / name).is_file()]
+    vectors = next((static_dir / name for name in STATIC_VECTORS if (static_dir / name).is_file()), None)
+    missing = ([] if (static_dir / STATIC_TOKENIZER).is_file() else [f"{STATIC_TOKENIZER} (the teacher vocabulary)"]) + (
+        [] if vectors else [f"{' or '.join(STATIC_VECTORS)} (the vectors)"])
     if missing:
-        raise StageError(f"static embeddings at {static_dir} lack {', '.join(missing)} (the teacher vocabulary "
-                         "and its vectors); rerun the static_embeddings stage")
+        raise StageError(f"static embeddings at {static_dir} lack {' and '.join(missing)}; rerun the stage that "
+                         "writes them")
     try:
-        tensors = load_file(str(static_dir / STATIC_FILES[0]))
-        tokenizer = Tokenizer.from_file(str(static_dir / STATIC_FILES[1]))
-    except Exception as e:  # safetensors and tokenizers raise their own types for corrupt files
+        if vectors.suffix == ".npy":
+            matrix = np.load(vectors)
+        else:
+            from safetensors.numpy import load_file
+
+            matrix = load_file(str(vectors)).get("embeddings")
+        tokenizer = Tokenizer.from_file(str(static_dir / STATIC_TOKENIZER))
+    except Exception as e:  # numpy, safetensors and tokenizers raise their own types for corrupt files
         raise StageError(f"static embeddings at {static_dir} are not readable ({str(e).splitlines()[0]})") from None
-    if "embeddings" not in tensors or tensors["embeddings"].ndim != 2:
-        raise StageError(f"{static_dir / STATIC_FILES[0]} holds no 2-d 'embeddings' tensor (keys: {sorted(tensors)})")
-    return tokenizer, tensors["embeddings"].astype(np.float32)
+    if matrix is None or matrix.ndim != 2:
+        raise StageError(f"{vectors} holds no 2-d embeddings matrix")
+    return tokenizer, matrix.astype(np.float32)
 
 
 class SklearnClassifier:

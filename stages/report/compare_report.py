@@ -3,6 +3,8 @@
 - `compare_markdown`: the table of every model (score ± sd over seeds, speed, latency, disk, memory, frontier),
   the tests of the best student against the best alternative, and the ship choice: compare.md, and the
   function `evaluate` may call to put the same table in summary.md;
+- `ship_sentence` and `readme_cells`: the README's plain sentence per task and its results table's compare
+  columns, from one task's compare.json;
 - `plot_rows`: one row per model for dvc.yaml's `plots:` (score against sentences/s);
 - `compare_figure`: the same as a PNG: score ± sd against sentences/s on a log axis, the Pareto frontier drawn,
   the shipped model ringed, the ship rule's speed floor dashed.
@@ -62,8 +64,36 @@ def compare_markdown(result: dict, task: Task) -> str:
     lines += ["", f"Ship: {ship['name']} (seed {ship['seed']}), by the rule: {ship['rule']}"
                   + ("" if ship["rule_met"] else " (no student met it: the fastest ships)")
                   + f"; {ship['speedup_vs_teacher_int8']:.1f}× the teacher's ONNX int8 sentences/s, "
-                  f"{ship['versus_teacher_int8']['points']:+.2f} points against it."]
+                  f"{ship['versus_teacher_int8']['points']:+.2f} points against it.", "", ship_sentence(result, task)]
     return "\n".join(lines) + "\n"
+
+
+def ship_sentence(result: dict, task: Task) -> str:
+    """One plain sentence: which model to ship for the task, and why (the README's line per task)."""
+    split, metric = task.selection_split, task.metrics[0]
+    ship = result["ship"]
+    row = next(r for r in result["models"] if r["name"] == ship["name"])
+    beat = ship["versus_best_alternative"]
+    p = beat["p_value"]
+    against = (f"{beat['points']:+.2f} points against {beat['label']}, the best model without a teacher"
+               + (f" (p = {p:.2g}: {'a win' if beat['significant'] else 'not a win'} at p < 0.05)" if p is not None
+                  else " (no test: too few seeds)"))
+    speed = f"{ship['speedup_vs_teacher_int8']:.1f}× the teacher's ONNX int8 speed"
+    why = "the most accurate student at least " if ship["rule_met"] else "no student reached "
+    return (f"{task.name}: ship the {row['label']} student ({split} {metric} {_score(row, split, metric)}): "
+            f"{why}{ship['min_speedup']:g}× the teacher's ONNX int8 speed{'' if ship['rule_met'] else ', so the fastest'}"
+            f", at {speed}, {against}.")
+
+
+def readme_cells(result: dict, task: Task) -> dict:
+    """The README results table's compare columns for one task: TF-IDF + LR, the best distilled student, and the
+    teacher's ONNX int8 sentences/s (scores: selection split, first metric, mean ± sd over seeds)."""
+    split, metric = task.selection_split, task.metrics[0]
+    rows = {r["name"]: r for r in result["models"]}
+    best = rows[result["best_student_vs_best_alternative"]["student"]]
+    return {"TF-IDF + LR": _score(rows["tfidf-lr"], split, metric),
+            "best distilled student": f"{_score(best, split, metric)} ({best['arch']})",
+            "teacher ONNX int8 sentences/s": f"{rows['teacher-onnx-int8']['sentences_per_s']:,.0f}"}
 
 
 def plot_rows(result: dict, task: Task) -> list[dict]:
