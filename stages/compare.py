@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -71,6 +72,7 @@ class _Model:
     files: list[Path]  # what would ship: its disk size
     proba: dict = field(default_factory=dict)  # split -> {seed or None: (rows, classes) probabilities}
     metrics: dict = field(default_factory=dict)  # split -> {seed or None: {metric: value}}
+    fit_seconds: float | None = None  # fitted here (the regressions): how long the fit took
 
 
 def _split(task: Task, raw_dir: Path, split: str) -> _Split:
@@ -158,11 +160,13 @@ def _alternatives(task: Task, raw_dir: Path, static_dir: Path, splits, work: Pat
                                                        "static_embeddings stage writes them)"})
     out = []
     for name, (label, make) in features.items():
+        start = time.perf_counter()
         fitted = alternatives.fit_logistic(make(), texts_a, texts_b, labels, c=p.lr_c, max_iter=p.lr_max_iter)
+        seconds = round(time.perf_counter() - start, 2)
         path = work / f"{name}.joblib"
         alternatives.save_sklearn(fitted, path)
         model = _Model(name, "alternative", name, fitted.runtime, label, fitted,
-                       ("stages.models.alternatives.load_sklearn", {"path": str(path)}), [path])
+                       ("stages.models.alternatives.load_sklearn", {"path": str(path)}), [path], fit_seconds=seconds)
         _predict_all(model, fitted, None, splits, p.batch_size)
         out.append(model)
     return out
@@ -303,7 +307,8 @@ def compare(task: Task, raw_dir: Path, teacher_dir: Path, static_dir: Path,
     rows = [{"name": m.name, "kind": m.kind, "arch": m.arch, "runtime": m.runtime, "label": m.label,
              "seeds": None if None in m.metrics[selection] else sorted(m.metrics[selection]),
              "dev": mean_dev[m.name], **speed[m.name], "disk_mb": disk[m.name], "peak_rss_mb": rss.get(m.name),
-             "on_frontier": m.name in frontier, "scores": summaries[m.name]} for m in models]
+             "on_frontier": m.name in frontier, "fit_seconds": m.fit_seconds, "scores": summaries[m.name]}
+            for m in models]
     teacher_int8 = next(r for r in rows if r["name"] == "teacher-onnx-int8")
     for row in rows:
         row["speedup_vs_teacher_int8"] = round(row["sentences_per_s"] / teacher_int8["sentences_per_s"], 2)

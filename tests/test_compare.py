@@ -154,7 +154,8 @@ def test_a_missing_or_incomplete_static_directory_is_named(tmp_path):
 COMPARED = {"tfidf-lr": "alternative", "baseline-bilstm": "alternative", "student-bilstm": "student",
             "teacher-onnx-fp32": "teacher", "teacher-onnx-int8": "teacher"}
 ROW_KEYS = {"name", "kind", "arch", "runtime", "label", "seeds", "dev", "sentences_per_s", "latency_ms_p50",
-            "latency_ms_p95", "disk_mb", "peak_rss_mb", "on_frontier", "scores", "speedup_vs_teacher_int8", "shipped"}
+            "latency_ms_p95", "disk_mb", "peak_rss_mb", "on_frontier", "fit_seconds", "scores", "speedup_vs_teacher_int8",
+            "shipped"}
 
 
 @pytest.mark.slow
@@ -171,6 +172,7 @@ def test_compare_writes_every_model_the_tests_the_choice_and_the_chart(tiny_proj
         assert row["runtime"] == ("sklearn" if row["name"] == "tfidf-lr" else "onnxruntime")
         assert row["sentences_per_s"] > 0 and row["latency_ms_p50"] > 0 and row["disk_mb"] > 0
         assert row["peak_rss_mb"] > 20  # a fresh interpreter with numpy and a runtime: tens of MB at least
+        assert (row["fit_seconds"] is not None) == (row["name"] == "tfidf-lr")  # fitted by compare itself
         assert list(row["scores"]) == ["dev"] and list(row["scores"]["dev"]) == metrics  # GLUE test labels: hidden
         dev = row["scores"]["dev"]["accuracy"]
         assert row["dev"] == dev["mean"] and 0 <= dev["mean"] <= 1
