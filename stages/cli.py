@@ -166,9 +166,26 @@ def evaluate(task: str = TaskOption, params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def compare(task: str = TaskOption, params: Path = ParamsOption) -> None:
+    """Every model you could ship for the task, side by side: TF-IDF + logistic regression and static embeddings
+    + logistic regression (fitted here on the gold train split), the hard-label and the distilled students (every
+    arch, every seed), and the teacher in onnxruntime fp32 and int8 with dynamic padding.
+
+    Scores on the same splits (mean ± sd over seeds), sentences/s at compare.batch_size and batch-1 p50 latency
+    (one process, compare.threads threads), disk size and peak RSS; the best student tested against the best
+    model without a teacher; the model to ship (compare.min_speedup; docs/compare.md). Writes
+    metrics/<task>/compare.json, compare.md, compare_plot.json (dvc plots) and compare.png.
+    """
+    from stages.compare import run
+
+    run(get_task(task), load_params(params))
+
+
+@app.command()
 def export(task: str = TaskOption, params: Path = ParamsOption) -> None:
-    """Ship the student of the first seed in `seeds`: models/export/<task>/ holds model.onnx, model.int8.onnx
-    (onnxruntime dynamic quantisation), tokenizer.json, config.json and a model card (README.md).
+    """Ship the student the compare stage chose (metrics/<task>/compare.json: its arch), first seed in `seeds`:
+    models/export/<task>/ holds model.onnx, model.int8.onnx (onnxruntime dynamic quantisation), tokenizer.json,
+    config.json and a model card (README.md) that says what it beat and by how much.
 
     Also compares PyTorch, ONNX fp32 and ONNX int8 on the same dev sentences (scores, sentences/s at
     evaluate.batch_size, batch-1 latency p50/p95): metrics/<task>/export.json.

@@ -2,21 +2,19 @@
 a config and a model card, and compare the three ways to run it (PyTorch, ONNX fp32, ONNX int8) on the same
 dev sentences: scores, sentences/s at a batch of `batch_size`, and single-sentence latency.
 
-The exported seed is the first of params.yaml's `seeds` (not the best on dev, which would flatter its score);
-the card reports it beside the mean ± sd over all seeds from evaluate's report.json.
+Which student ships is the `compare` stage's choice (metrics/<task>/compare.json, its `ship` section: the arch,
+by the documented rule of docs/compare.md); the card says what that model beat and by how much. The exported seed
+is the first of params.yaml's `seeds` (not the best on dev, which would flatter its score); the card reports it
+beside the mean ± sd over all seeds from evaluate's report.json. Each arch is written by its exporter
+(stages/models/onnx_export.py `EXPORTERS`).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from stages import paths
 from stages.errors import StageError
@@ -29,67 +27,10 @@ from stages.models.torch_student import VOCAB_FILE, Student, load_student
 from stages.models.student_model import count_parameters
 from stages.data.tasks import Task
 
-OPSET = 17
 # int8 is the card's recommendation only when it costs at most this many points of the task's selection
 # metric on dev; otherwise the card recommends fp32. Dynamic int8 can break a siamese student: its |h1 - h2|
 # feature turns the two encoders' independent rounding errors into a bias (MRPC: 16.67 points).
 INT8_MAX_COST_POINTS = 0.5
-
-
-class DenseStudent(nn.Module):
-    """The student's inference graph for export: ids of one length per batch in, logits out (no packing)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.eval()
-
-    def forward(self, ids_a: torch.Tensor, ids_b: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.dense_logits(ids_a, ids_b)
-
-
-def export_onnx(student: Student, path: Path) -> None:
-    """model.onnx with dynamic batch and length (each input its own length for pairs), one file.
-
-    TorchScript-based export: it maps nn.LSTM to ONNX's LSTM op with a dynamic number of steps, where the
-    dynamo exporter unrolls the recurrence for the example's length."""
-    graph = DenseStudent(student.model.cpu())
-    pair = student.config["pair"]
-    example = (torch.randint(3, 10, (2, 5)),) + ((torch.randint(3, 10, (2, 4)),) if pair else ())
-    names = ["ids_a", "ids_b"] if pair else ["ids"]
-    axes = {name: {0: "batch", 1: f"length_{name}"} for name in names} | {"logits": {0: "batch"}}
-    with warnings.catch_warnings(), torch.inference_mode(False):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, example, str(path), input_names=names, output_names=["logits"],
-                          dynamic_axes=axes, dynamo=False, opset_version=OPSET)
-    _inline_shared_weights(path)
-
-
-def _inline_shared_weights(path: Path) -> None:
-    """The exporter passes a weight used twice (the siamese LSTM) through Identity nodes; the quantiser only
-    quantises weights read straight from the initializers, so point every reader at the initializer itself."""
-    import onnx
-
-    model = onnx.load(str(path))
-    graph, initializers = model.graph, {init.name for init in model.graph.initializer}
-    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in initializers}
-    if not alias or any(output.name in alias for output in graph.output):
-        return
-    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
-    for node in keep:
-        node.input[:] = [alias.get(name, name) for name in node.input]
-    del graph.node[:]
-    graph.node.extend(keep)
-    onnx.save(model, str(path))
-
-
-def quantize_int8(fp32: Path, int8: Path) -> None:
-    """onnxruntime's dynamic quantisation: int8 weights (LSTM, MatMul), activations quantised on the fly."""
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # it suggests a pre-processing step meant for CNNs
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
 
 
 def _dev(task: Task, raw_dir: Path) -> dict[str, tuple[list[str], list[str] | None, np.ndarray]]:
@@ -140,7 +81,7 @@ def compare_backends(task: Task, student, export_dir: Path, raw_dir: Path, *, ba
             out = run(ta, tb, batch_size)
             logits[name, s] = out
             scores[s] = task_metrics(task, labels, out.argmax(-1))
-        results[name] = {"scores": scores, **_timed(run, sample_a, sample_b, batch_size, latency_sentences)}
+        results[name] = {"scores": scores, **measure_speed(run, sample_a, sample_b, batch_size, latency_sentences)}
     metric = task.metrics[0]
     gap = max(float(np.abs(logits["onnx-fp32", s] - logits[reference, s]).max()) for s in dev)
     cost = round(100 * (results[reference]["scores"][split][metric] - results["onnx-int8"]["scores"][split][metric]), 2)
@@ -229,7 +170,32 @@ Produced by the `export` stage of this repository's DVC pipeline (`dvc repro`); 
 """
 
 
-def model_card(task: Task, config: dict, seed: int, report: dict, comparison: dict, teacher: dict, data: dict) -> str:
+def why_shipped(choice: dict | None, metric: str) -> str:
+    """The card's paragraph on why this model ships: compare's rule, what it beat and by how much, or '' without."""
+    if not choice:
+        return ""
+    lines = [f"## Why this model\n\nChosen by the `compare` stage ({choice['rule']})."]
+    if not choice["rule_met"]:
+        lines.append(f"No distilled student reached {choice['min_speedup']:g}× the teacher's ONNX int8 speed, so the "
+                     "fastest one ships.")
+    beat = choice.get("versus_best_alternative")
+    if beat:
+        verb = f"beats {beat['label']}" if beat["points"] > 0 else f"trails {beat['label']}"
+        p = beat.get("p_value")
+        lines.append(f"On dev {metric}, over its seeds, it {verb} ({beat['runtime']}), the best model that needs no "
+                     f"teacher, by {abs(beat['points']):.2f} points"
+                     + (f" ({beat['test']}, p = {p:.3g}: {'a win' if beat['significant'] else 'not a win'} at "
+                        "p < 0.05)" if p is not None else "") + ".")
+    teacher = choice.get("versus_teacher_int8")
+    if teacher:
+        lines.append(f"Against the teacher run as a user would ship it (ONNX int8, dynamic padding) it is "
+                     f"{teacher['points']:+.2f} points on dev {metric} and {teacher['speedup']:.1f}× its sentences/s "
+                     f"({choice['threads']} threads).")
+    return " ".join(lines) + "\n\n"
+
+
+def model_card(task: Task, config: dict, seed: int, report: dict, comparison: dict, teacher: dict, data: dict,
+               choice: dict | None = None) -> str:
     """README.md of the export directory (the Hugging Face model card convention: YAML front matter, then text)."""
     split, metric = task.selection_split, task.metrics[0]
     scores, n = report["scores"], len(report["seeds"])
@@ -257,7 +223,7 @@ transfer set, after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task
 - **Parameters**: {config.get('params_all', 0):,} ({config.get('params_without_embeddings', 0):,} without embeddings);
   max {config['max_length']} tokens per sentence.
 
-## Speed ({comparison['threads']} CPU threads, text in, logits out)
+{why_shipped(choice, metric)}## Speed ({comparison['threads']} CPU threads, text in, logits out)
 
 | backend | {split} {metric} | sentences/s (batch {comparison['batch_size']}) | latency ms, batch 1 (p50 / p95) |
 |---|---|---|---|
@@ -302,7 +268,7 @@ Produced by the `export` stage of this repository's DVC pipeline (`dvc repro`); 
 
 
 def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict,
-                   teacher: dict, data: dict, params: EvaluateParams) -> dict:
+                   teacher: dict, data: dict, params: EvaluateParams, choice: dict | None = None) -> dict:
     """Write out_dir/{model.onnx, model.int8.onnx, tokenizer.json, config.json, README.md}; return the comparison.
 
     config.json is the student's own plus the seed, the graph's inputs, the parameter counts and
@@ -311,7 +277,7 @@ def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *,
         raise StageError(f"seed {seed} is not in the evaluate report's seeds {report['seeds']}; rerun evaluate")
     if student_arch(model_dir) in EXPORTERS:
         return _export_bag(task, model_dir, raw_dir, out_dir, seed=seed, report=report, teacher=teacher, data=data,
-                           params=params)
+                           params=params, choice=choice)
     student = load_student(model_dir, "cpu")
     run = json.loads((Path(model_dir) / "config.json").read_text())
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
@@ -325,14 +291,14 @@ def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *,
                                       throughput_sentences=params.throughput_sentences)
         config["recommended_backend"] = recommended_backend(comparison["recommended"])
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data))
+        (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data, choice))
     return {"task": task.name, "seed": seed, **comparison}
 
 
 def _read_inputs(metrics_dir: Path) -> dict[str, dict]:
-    """The report, teacher and data JSON files that the model card quotes."""
+    """The report, teacher, data and compare JSON files that the model card quotes."""
     inputs = {}
-    for name in ("report", "teacher", "data"):
+    for name in ("report", "teacher", "data", "compare"):
         path = Path(metrics_dir) / f"{name}.json"
         try:
             inputs[name] = json.loads(path.read_text())
@@ -341,23 +307,45 @@ def _read_inputs(metrics_dir: Path) -> dict[str, dict]:
     return inputs
 
 
+def _shipped(task: Task, compare: dict, report: dict, seed: int, compare_path: Path) -> tuple[dict, dict]:
+    """compare.json's choice (the `ship` section), and the evaluate report recast for the chosen arch: its seeds'
+    scores as a student and as its own hard-label baseline (compare scored both), which the model card quotes."""
+    choice = compare["ship"]
+    if choice["seed"] != seed:
+        raise StageError(f"{compare_path} chose seed {choice['seed']}, not the first of seeds; rerun compare")
+    rows = {row["name"]: row for row in compare["models"]}
+    student, baseline = rows.get(f"student-{choice['arch']}"), rows.get(f"baseline-{choice['arch']}")
+    if student is None or baseline is None:
+        raise StageError(f"{compare_path} has no student and baseline rows for arch {choice['arch']!r}; rerun compare")
+    split, metric = task.selection_split, task.metrics[0]
+    teacher = report["scores"]["teacher"][split][metric]["mean"]
+    scores = {**report["scores"], "student": student["scores"], "baseline": baseline["scores"]}
+    ratio = student["scores"][split][metric]["mean"] / teacher
+    return choice, {**report, "scores": scores, "student_vs_teacher": {**report["student_vs_teacher"],
+                                                                         f"{metric}_ratio": ratio}}
+
+
 def run(task: Task, params: Params) -> None:
-    """The `export` stage for one task: models/export/<task>/ and metrics/<task>/export.json, for the first of
-    params.yaml's `seeds`, timed at evaluate.batch_size on evaluate.throughput_sentences sentences."""
+    """The `export` stage for one task: models/export/<task>/ and metrics/<task>/export.json: the first of
+    params.yaml's `seeds` of the arch that `compare` chose to ship (metrics/<task>/compare.json), timed at
+    evaluate.batch_size on evaluate.throughput_sentences sentences."""
     seed = params.seeds[0]
     out = paths.metrics_dir(task.name)
-    result = export_student(task, paths.run_model_dir("student", task.name, params.archs[0], seed), paths.raw_dir(task.name),
-                            paths.model_dir("export", task.name), seed=seed, params=params.evaluate,
-                            **_read_inputs(out))
+    inputs = _read_inputs(out)
+    choice, inputs["report"] = _shipped(task, inputs.pop("compare"), inputs["report"], seed, out / "compare.json")
+    result = export_student(task, paths.run_model_dir("student", task.name, choice["arch"], seed),
+                            paths.raw_dir(task.name), paths.model_dir("export", task.name), seed=seed,
+                            params=params.evaluate, choice=choice, **inputs)
     write_json(result, out / "export.json")
     for name, r in result["backends"].items():
         print(f"{task.name} {name}: {r['scores']} {r['sentences_per_s']:,.0f} sentences/s, "
               f"batch-1 p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
-    print(f"{task.name} int8 costs {result['int8_cost_points']} points: the card recommends {result['recommended']}")
+    print(f"{task.name} ships {choice['arch']}; int8 costs {result['int8_cost_points']} points: the card recommends "
+          f"{result['recommended']}")
 
 
 def _export_bag(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict, teacher: dict,
-                data: dict, params: EvaluateParams) -> dict:
+                data: dict, params: EvaluateParams, choice: dict | None = None) -> dict:
     """The ngram or static student (docs/students.md): its ONNX graph, compared with its numpy run."""
     student = load_predictor(model_dir, "torch")  # numpy for these archs
     backend_of = {variant: backend for backend, variant in ONNX_BACKENDS.items()}
@@ -369,5 +357,5 @@ def _export_bag(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, se
             reference="numpy", open_onnx=lambda d, variant, threads: load_predictor(d, backend_of[variant], threads=threads))
         config["recommended_backend"] = recommended_backend(comparison["recommended"])
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data))
+        (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data, choice))
     return {"task": task.name, "seed": seed, "arch": config["arch"], **comparison}

@@ -201,6 +201,36 @@ class EvaluateParams(Section):
     reference_architectures: list[Literal["bert-base", "bert-large"]] = []
 
 
+
+
+class CompareParams(Section):
+    """The `compare` stage (stages/compare.py): the alternatives it fits, how it times every model, the ship rule."""
+    # TF-IDF + logistic regression on the gold train split: word and character n-gram ranges (inclusive)
+    tfidf_word_ngrams: NgramRange = [1, 2]
+    tfidf_char_ngrams: NgramRange = [2, 5]
+    tfidf_min_df: Int = Field(1, ge=1)  # a feature must occur in at least this many training texts
+    lr_c: Float = Field(1.0, gt=0)  # inverse L2 strength of both logistic regressions (TF-IDF and static)
+    lr_max_iter: Int = Field(1000, ge=1)
+    # timing, one process, every model in its own runtime with `threads` threads
+    threads: Int = Field(2, ge=1)
+    throughput_sentences: Int = Field(1000, ge=1)  # dev sentences (repeated if dev is smaller) timed at batch_size
+    batch_size: Int = Field(512, ge=1)
+    latency_sentences: Int = Field(200, ge=1)  # batch-1 calls whose median is the p50 latency
+    timing_rounds: Int = Field(3, ge=1)  # every model timed once per round, rounds interleaved; the median is kept
+    peak_rss: StrictBool = True  # also measure each model's peak RSS in a fresh process (a few seconds each)
+    # the ship rule: the best mean dev score among distilled students at least min_speedup x the teacher's
+    # ONNX int8 sentences/s (dynamic padding); none that fast: the fastest student, and compare.json says so
+    min_speedup: Float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "CompareParams":
+        for name in ("tfidf_word_ngrams", "tfidf_char_ngrams"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"{name}: {low} is larger than {high}")
+        return self
+
+
 class Params(Section):
     tasks: list[str] = Field(["rt"], min_length=1)
     seed: Seed = 42  # teacher and augmentation (one per task)
@@ -216,6 +246,7 @@ class Params(Section):
     static: StaticParams = StaticParams()
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
+    compare: CompareParams = CompareParams()
     datasets: dict[str, DatasetSpec] = {}  # your own data: each entry is a task usable by name in `tasks`
     unlabeled: dict[str, UnlabeledSpec] = {}  # task -> your own unlabeled text for its transfer set
 

@@ -62,6 +62,12 @@ def inputs_dir(task: str, arch: str) -> Path:
     return MODELS / "inputs" / task / arch
 
 
+def arch_runs(kind: str, task: str, seeds: list[int], archs: list[str]) -> dict[str, dict[int, tuple[Path, Path]]]:
+    """Every trained student or baseline of a task: {arch: {seed: (model dir, run dir)}}."""
+    return {arch: {seed: (run_model_dir(kind, task, arch, seed), run_dir(kind, task, arch, seed)) for seed in seeds}
+            for arch in archs}
+
+
 def seed_name(seed: int) -> str:
     return f"seed-{seed}"
 

@@ -104,7 +104,7 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
 
     # every curated plot renders and has at least two points
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo))["data"]
-    assert len(plots) == 4
+    assert len(plots) == 5
     for name, views in plots.items():
         assert len(views[0]["content"]["data"]["values"]) >= 2, name
 

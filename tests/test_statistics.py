@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from stages.report.statistics import describe, ensemble_predictions, mcnemar_test, paired_t_test
+from stages.report.statistics import (describe, ensemble_predictions, majority_vote, mcnemar_test, one_sample_t_test,
+                                      paired_t_test)
 
 
 def test_describe_mean_sd_range_and_t_interval():
@@ -52,3 +53,23 @@ def test_ensemble_takes_the_argmax_of_mean_probabilities():
     p2 = np.array([[0.2, 0.8], [0.45, 0.55]])
     p3 = np.array([[0.3, 0.7], [0.9, 0.1]])
     assert ensemble_predictions([p1, p2, p3]).tolist() == [1, 0]  # means (0.467, 0.533), (0.583, 0.417)
+
+
+def test_one_sample_t_test_against_a_fixed_score():
+    # values 0.80, 0.82, 0.84 against 0.78: mean difference 0.04, sd 0.02, t = 0.04 / (0.02 / sqrt 3) = 2 sqrt 3
+    result = one_sample_t_test([0.80, 0.82, 0.84], 0.78)
+    t = 2 * math.sqrt(3)
+    assert result["mean_difference"] == pytest.approx(0.04) and result["t"] == pytest.approx(t)
+    assert result["p_value"] == pytest.approx(1 - t / math.sqrt(t * t + 2))  # the t(2) tail, as above
+    assert one_sample_t_test([0.8], 0.7)["p_value"] is None  # one seed: no test
+    assert one_sample_t_test([0.8, 0.8], 0.7) == {"mean_difference": pytest.approx(0.1), "t": None, "p_value": None}
+
+
+def test_majority_vote_counts_seeds_and_breaks_ties_by_mean_probability():
+    seeds = [np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.2, 0.3, 0.5]]),
+             np.array([[0.4, 0.6, 0.0], [0.45, 0.55, 0.0], [0.1, 0.8, 0.1]]),
+             np.array([[0.4, 0.6, 0.0], [0.7, 0.3, 0.0], [0.6, 0.1, 0.3]])]
+    # row 0: votes 0, 1, 1 -> 1, although the mean probabilities (0.567, 0.433) favour 0;
+    # row 1: votes 0, 1, 0 -> 0; row 2: one vote each, mean probabilities (0.3, 0.4, 0.3) -> 1
+    assert majority_vote(seeds).tolist() == [1, 0, 1]
+    assert majority_vote(seeds[:1]).tolist() == [0, 0, 2]  # one seed: its own argmax

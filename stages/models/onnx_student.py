@@ -30,6 +30,21 @@ def length_groups(lengths_a: np.ndarray, lengths_b: np.ndarray | None, batch_siz
             for chunk in np.split(group, range(batch_size, len(group), batch_size))]
 
 
+def quantize_int8(fp32: Path, int8: Path) -> None:
+    """onnxruntime's dynamic quantisation: int8 weights (LSTM, MatMul), activations quantised on the fly."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # it suggests a pre-processing step meant for CNNs
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
 # what predict reads from an export's config.json, and the type of each
 CONFIG_KEYS = {"task": str, "label_names": list, "num_labels": int, "pair": bool, "max_length": int}
 

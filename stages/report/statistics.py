@@ -8,6 +8,10 @@
   the two models' seed ensembles (each sentence's class: the argmax of the seeds' mean probabilities).
   It asks whether the models differ on these dev sentences, using every prediction rather than one
   number per seed, and it stays meaningful with few seeds, where the t-test has little power.
+- `one_sample_t_test`: seeds of a stochastic model against the single score of a deterministic one (a
+  TF-IDF + logistic regression fit has no seed): scipy.stats.ttest_1samp, two-sided.
+- `majority_vote`: a seed ensemble's class per sentence by the seeds' votes (ties: the larger mean
+  probability), the ensemble `compare` tests against a deterministic model with `mcnemar_test`.
 
 Pure functions on numbers and arrays; no file I/O.
 """
@@ -63,3 +67,24 @@ def mcnemar_test(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> 
     a_only, b_only = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
     p = float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
     return {"a_only": a_only, "b_only": b_only, "p_value": p}
+
+
+def one_sample_t_test(values: list[float], reference: float) -> dict:
+    """Mean of values - reference, and the two-sided p-value of the one-sample t-test (None with fewer than 2
+    values, or when every value is the same, where the test is undefined)."""
+    x = np.asarray(values, dtype=np.float64)
+    result = {"mean_difference": float(x.mean() - reference) if len(x) else None, "t": None, "p_value": None}
+    if len(x) >= 2 and np.ptp(x) > 0:
+        test = stats.ttest_1samp(x, reference)
+        result.update(t=float(test.statistic), p_value=float(test.pvalue))
+    return result
+
+
+def majority_vote(probabilities: list[np.ndarray]) -> np.ndarray:
+    """Each row's class under the seeds' majority vote over their argmax classes; a tie goes to the tied class
+    with the larger mean probability."""
+    stacked = np.stack(probabilities)  # (seeds, rows, classes)
+    votes = np.zeros(stacked.shape[1:], dtype=np.float64)
+    np.add.at(votes, (np.arange(stacked.shape[1])[None, :], stacked.argmax(-1)), 1.0)
+    # a vote counts 1; the mean probability (below 1) only orders classes with equal votes
+    return (votes + stacked.mean(axis=0) * 0.5).argmax(-1)
