@@ -14,7 +14,8 @@ from tests.conftest import REPO
 # Params fields whose params.yaml value is the user's own declarations, not a default: their default ({}: none
 # declared) is not params.yaml's example entries.
 USER_DATA = {"datasets": "your own datasets (params.yaml ships the tweets example)",
-             "unlabeled": "your own unlabeled text per task"}
+             "unlabeled": "your own unlabeled text per task",
+             "student.arch": "set per run from the top-level `archs` list (the matrix item), never in params.yaml"}
 
 
 def differences(model: type[BaseModel], values: dict, where: str) -> list[str]:
