@@ -23,7 +23,9 @@ from stages.params import DistillParams, NgramParams, StaticParams
 from stages.student import train_bag_student
 from tests.conftest import REPO
 from tests.test_export import _report
-from tests.test_student import CPU, one_thread, sentiment_rows, write_raw  # noqa: F401 (one_thread: autouse)
+from tests.test_student import CPU, sentiment_rows, write_raw
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NGRAM = NgramParams(min_df=1).model_dump()
 
