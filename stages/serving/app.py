@@ -158,9 +158,10 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
     from stages.serving.padded import PaddedStudent
 
     if isinstance(student, OnnxStudent):  # bilstm, cnn: a batch of mixed lengths in one call where the graph allows
-        run = PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads).predict_proba
+        runner = PaddedStudent(student, Path(export_dir) / MODEL_FILES[ONNX_BACKENDS[backend]], threads)
+        run, one_call = runner.predict_proba, runner.padded
     else:  # ngram, static: their graph takes a whole batch of bags in one call already
-        run = student.predict_proba
+        run, one_call = student.predict_proba, True
 
     batcher = DynamicBatcher(run, max_batch=batching.max_batch, max_wait_ms=batching.max_wait_ms,
                              enabled=batching.enabled)
@@ -176,7 +177,7 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
                               f"({', '.join(labels)}), run with onnxruntime ({backend}).")
     app.state.batcher, app.state.student = batcher, student
     health = {"status": "ok", "task": config["task"], "backend": backend, "labels": labels, "pair": pair,
-              "batching": asdict(batching) | {"one_call_per_batch": runner.padded}, "limits": asdict(limits)}
+              "batching": asdict(batching) | {"one_call_per_batch": one_call}, "limits": asdict(limits)}
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
