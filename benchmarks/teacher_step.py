@@ -6,7 +6,8 @@ Reads data/raw/<task>/ (run `dvc repro download@<task>` first) and the packaged 
 times training steps (forward, backward, AdamW step) of the real model on batches of teacher.batch_size rows
 built each way below, interleaved round by round (A B C ... A B C ...), so that a shared machine's load hits
 every variant alike. Each round draws the same number of batches at random from each variant's whole epoch
-(so a length-grouped epoch's long and short batches are sampled in proportion). Then one pass over the dev
+(so a length-grouped epoch's long and short batches are sampled in proportion); variants of one order get the
+same batches. Then one pass over the dev
 split, in file order against sorted by length.
 
 Training variants (each is the previous one plus one change):
@@ -96,12 +97,14 @@ def main(task: str = typer.Option("rt", help="Task whose training and dev splits
         return rows, np.array([len(r["input_ids"]) for r in rows])
 
     train, lengths = encoded("train")
-    rng = np.random.default_rng(0)
-    runners = {}
+    runners, drawn = {}, {}
     for name in names:
         padding, order, precision, fused = VARIANTS[name]
-        epoch = _epoch(lengths, p.batch_size, order, seed=0)
-        picks = rng.choice(len(epoch), size=(rounds, steps), replace=len(epoch) < rounds * steps)
+        if order not in drawn:  # variants of one order train on the same rows, so only their own change differs
+            epoch = _epoch(lengths, p.batch_size, order, seed=0)
+            drawn[order] = epoch, np.random.default_rng(0).choice(len(epoch), size=(rounds, steps),
+                                                                   replace=len(epoch) < rounds * steps)
+        epoch, picks = drawn[order]
         batches = [[_pad(tokenizer, [train[i] for i in epoch[j]], padding, p.max_length) for j in row] for row in picks]
         copy_ = copy.deepcopy(model)
         optimizer = torch.optim.AdamW(copy_.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=fused)

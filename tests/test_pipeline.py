@@ -145,7 +145,8 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
     changed = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))["metrics/sst2/summary.json"]
     assert (changed["seeds"]["old"], changed["seeds"]["new"]) == (2, 3)
 
-    # `python -m stages show`: every metric, the key params, the param that differs (p_mask) and nothing else
+    # `python -m stages show`: every metric, the key params, the params that differ between the rows (p_mask, and
+    # label.precision of the int8 experiment above) and nothing else
     full = next(csv.reader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo))))
     shown = next(csv.reader(io.StringIO(run([sys.executable, "-m", "stages", "show", "--csv"], repo))))
     # DVC prefixes a name with its file only where two files share it (sst2's and nli's scores, `seeds`)
@@ -154,7 +155,7 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
     params = [c for c in full[5:] if c not in metrics and "/" not in c]
     assert len(full) > 100 and len(metrics) > len(NLI_COLUMNS) and "student.dev_macro_f1" in metrics
     assert shown == ["Experiment", "rev", "typ", "Created", "parent", *metrics,
-                     *[c for c in params if c.split(":")[-1] in (*KEY_PARAMS, "augment.p_mask")]]
+                     *[c for c in params if c.split(":")[-1] in (*KEY_PARAMS, "augment.p_mask", "label.precision")]]
     assert "params.yaml:seeds" in shown and "distill.lr" in params and "distill.lr" not in shown
 
 
