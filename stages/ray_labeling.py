@@ -143,6 +143,17 @@ def _connect(address: Optional[str]) -> bool:
     return True
 
 
+def _quiet_console() -> None:
+    """Ray Data's console handler raised to CRITICAL: its progress lines and the traceback it prints when a task
+    fails would bury the stage's own one-line error. Its log file in the Ray session keeps everything."""
+    import logging
+    import sys
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
+            handler.setLevel(logging.CRITICAL)
+
+
 def _stream(dataset) -> Iterator[pa.Table]:
     """The dataset's batches in order; a failed actor or task becomes one StageError line."""
     import ray
@@ -181,6 +192,7 @@ def ray_shard_logits(pending: list[pa.Table], teacher_dir: Path, *, is_pair: boo
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # logits must come back in row order
         context.enable_progress_bars = False
+        _quiet_console()
         # blocks cut here, not by .repartition(): that is a Ray Data task wanting a whole CPU, which never
         # starts while the actors hold more than half of a 2-core node
         dataset = ray.data.from_arrow(blocks)
