@@ -262,6 +262,42 @@ def _timings(models: list[_Model], sample_a: list[str], sample_b: list[str] | No
             for name, runs in rounds.items()}
 
 
+def _rank(task: Task, models: list[_Model], splits: dict, speed: dict, rss: dict, disk: dict,
+          params: CompareParams) -> tuple[list[dict], dict, dict]:
+    """compare.json's rows (scores, speed, size, the frontier), the ship choice with what it beat, and the best
+    student tested against the best model without a teacher."""
+    selection = task.selection_split
+    metric = task.metrics[0]
+    summaries = {m.name: _summary(task, m) for m in models}
+    mean_dev = {m.name: summaries[m.name][selection][metric]["mean"] for m in models}
+    frontier = pareto_frontier({m.name: (speed[m.name]["sentences_per_s"], mean_dev[m.name]) for m in models})
+    rows = [{"name": m.name, "kind": m.kind, "arch": m.arch, "runtime": m.runtime, "label": m.label,
+             "seeds": None if None in m.metrics[selection] else sorted(m.metrics[selection]),
+             "dev": mean_dev[m.name], **speed[m.name], "disk_mb": disk[m.name], "peak_rss_mb": rss.get(m.name),
+             "on_frontier": m.name in frontier, "fit_seconds": m.fit_seconds, "scores": summaries[m.name]}
+            for m in models]
+    teacher_int8 = next(r for r in rows if r["name"] == "teacher-onnx-int8")
+    for row in rows:
+        row["speedup_vs_teacher_int8"] = round(row["sentences_per_s"] / teacher_int8["sentences_per_s"], 2)
+    choice = ship_choice(rows, params.min_speedup)
+    by_name = {m.name: m for m in models}
+    no_teacher = [m for m in models if m.kind == "alternative"]
+    best_student = max((m for m in models if m.kind == "student"), key=lambda m: mean_dev[m.name])
+    best_alternative = max(no_teacher, key=lambda m: mean_dev[m.name])
+    labels = splits[selection].labels
+    shipped = by_name[choice["name"]]
+    choice |= {"seed": next(iter(shipped.metrics[selection])), "threads": params.threads,
+               "speedup_vs_teacher_int8": next(r for r in rows if r["name"] == shipped.name)["speedup_vs_teacher_int8"],
+               "versus_best_alternative": student_versus(task, shipped, best_alternative, labels, selection),
+               "versus_teacher_int8": {
+                   "points": round(100 * (mean_dev[shipped.name] - mean_dev["teacher-onnx-int8"]), 2),
+                   "speedup": next(r for r in rows if r["name"] == shipped.name)["speedup_vs_teacher_int8"]}}
+    for row in rows:
+        row["shipped"] = row["name"] == choice["name"]
+    versus = {"student": best_student.name, **student_versus(task, best_student, best_alternative, labels, selection)}
+    return rows, choice, versus
+
+
 def compare(task: Task, raw_dir: Path, teacher_dir: Path, static_dir: Path,
             runs: dict[str, dict[str, dict[int, tuple[Path, Path]]]], params: CompareParams, *,
             max_length: int = 128) -> dict:
@@ -291,36 +327,10 @@ def compare(task: Task, raw_dir: Path, teacher_dir: Path, static_dir: Path,
                                           params.threads)
         disk = {m.name: round(sum(f.stat().st_size for f in m.files) / 2**20, 3) for m in models}
 
-    metric = task.metrics[0]
-    summaries = {m.name: _summary(task, m) for m in models}
-    mean_dev = {m.name: summaries[m.name][selection][metric]["mean"] for m in models}
-    frontier = pareto_frontier({m.name: (speed[m.name]["sentences_per_s"], mean_dev[m.name]) for m in models})
-    rows = [{"name": m.name, "kind": m.kind, "arch": m.arch, "runtime": m.runtime, "label": m.label,
-             "seeds": None if None in m.metrics[selection] else sorted(m.metrics[selection]),
-             "dev": mean_dev[m.name], **speed[m.name], "disk_mb": disk[m.name], "peak_rss_mb": rss.get(m.name),
-             "on_frontier": m.name in frontier, "fit_seconds": m.fit_seconds, "scores": summaries[m.name]}
-            for m in models]
-    teacher_int8 = next(r for r in rows if r["name"] == "teacher-onnx-int8")
-    for row in rows:
-        row["speedup_vs_teacher_int8"] = round(row["sentences_per_s"] / teacher_int8["sentences_per_s"], 2)
-    choice = ship_choice(rows, params.min_speedup)
-    by_name = {m.name: m for m in models}
-    no_teacher = [m for m in models if m.kind == "alternative"]
-    best_student = max((m for m in models if m.kind == "student"), key=lambda m: mean_dev[m.name])
-    best_alternative = max(no_teacher, key=lambda m: mean_dev[m.name])
-    labels = splits[selection].labels
-    shipped = by_name[choice["name"]]
-    choice |= {"seed": next(iter(shipped.metrics[selection])), "threads": params.threads,
-               "speedup_vs_teacher_int8": next(r for r in rows if r["name"] == shipped.name)["speedup_vs_teacher_int8"],
-               "versus_best_alternative": student_versus(task, shipped, best_alternative, labels, selection),
-               "versus_teacher_int8": {
-                   "points": round(100 * (mean_dev[shipped.name] - mean_dev["teacher-onnx-int8"]), 2),
-                   "speedup": next(r for r in rows if r["name"] == shipped.name)["speedup_vs_teacher_int8"]}}
-    for row in rows:
-        row["shipped"] = row["name"] == choice["name"]
+    rows, choice, versus = _rank(task, models, splits, speed, rss, disk, params)
     return {
         "task": task.name,
-        "selection": f"{selection} {metric}",
+        "selection": f"{selection} {task.metrics[0]}",
         "splits": {name: len(s.labels) for name, s in splits.items()},
         "threads": params.threads,
         "batch_size": params.batch_size,
@@ -329,8 +339,7 @@ def compare(task: Task, raw_dir: Path, teacher_dir: Path, static_dir: Path,
         "timing_rounds": params.timing_rounds,
         "models": rows,
         "skipped": skipped,
-        "best_student_vs_best_alternative": {"student": best_student.name,
-                                             **student_versus(task, best_student, best_alternative, labels, selection)},
+        "best_student_vs_best_alternative": versus,
         "ship": choice,
     }
 

@@ -57,31 +57,23 @@ def _dataset(tokenizer, df: pd.DataFrame, task: Task, max_length: int, by_length
                     by_length)
 
 
-def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: TeacherParams, lr: float,
-                device: torch.device, seed: int, live_dir: Path | None, precision: Resolved):
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+def _live_callbacks(live_dir: Path | None) -> list:
+    """DVCLive's transformers callback writing the training curves to live_dir (none: no curves)."""
+    if live_dir is None:
+        return []
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
 
-    set_seed(seed)
-    tokenizer, model = load_for_classification(resolved, task.num_labels, task.label_names)
-    train = _dataset(tokenizer, _read_split(raw_dir, "train", params.max_train_examples), task, params.max_length)
-    evals = {name: _dataset(tokenizer, _read_split(raw_dir, name), task, params.max_length, by_length=True)
-             for name in task.eval_splits}
+    return [DVCLiveCallback(live=Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None))]
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # data-parallel: teacher.batch_size stays the global batch
-    batches_per_epoch = max(1, -(-len(train) // params.batch_size))
-    eval_steps = max(1, batches_per_epoch // params.evals_per_epoch)
-    selection = f"eval_{task.selection_split}_{task.metrics[0]}"
 
-    def compute_metrics(prediction) -> dict:
-        return task_metrics(task, prediction.label_ids, prediction.predictions.argmax(-1))
+def _training_arguments(params: TeacherParams, scratch: Path, lr: float, device: torch.device, seed: int,
+                        precision: Resolved, eval_steps: int, selection: str, world: int):
+    """transformers' TrainingArguments for one teacher run: the paper's dev selection, length-grouped batches,
+    bf16 autocast where teacher.precision resolved to bf16."""
+    from transformers import TrainingArguments
 
-    callbacks = []
-    if live_dir is not None:
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
-
-        callbacks.append(DVCLiveCallback(live=Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)))
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(scratch),
         num_train_epochs=params.epochs,
         learning_rate=lr,
@@ -109,6 +101,28 @@ def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: Teac
         dataloader_num_workers=0,
         ddp_backend=("gloo" if device.type == "cpu" else "nccl") if world > 1 else None,
     )
+
+
+def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: TeacherParams, lr: float,
+                device: torch.device, seed: int, live_dir: Path | None, precision: Resolved):
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
+
+    set_seed(seed)
+    tokenizer, model = load_for_classification(resolved, task.num_labels, task.label_names)
+    train = _dataset(tokenizer, _read_split(raw_dir, "train", params.max_train_examples), task, params.max_length)
+    evals = {name: _dataset(tokenizer, _read_split(raw_dir, name), task, params.max_length, by_length=True)
+             for name in task.eval_splits}
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # data-parallel: teacher.batch_size stays the global batch
+    batches_per_epoch = max(1, -(-len(train) // params.batch_size))
+    eval_steps = max(1, batches_per_epoch // params.evals_per_epoch)
+    selection = f"eval_{task.selection_split}_{task.metrics[0]}"
+
+    def compute_metrics(prediction) -> dict:
+        return task_metrics(task, prediction.label_ids, prediction.predictions.argmax(-1))
+
+    args = _training_arguments(params, scratch, lr, device, seed, precision, eval_steps, selection, world)
+    callbacks = _live_callbacks(live_dir)
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
                       train_dataset=train, eval_dataset=evals, processing_class=tokenizer,
                       compute_metrics=compute_metrics, callbacks=callbacks)

@@ -178,12 +178,12 @@ class NgramStudent(_Ngram):
 class OnnxNgram(_Ngram):
     """An exported n-gram student: the featurizer in numpy, the sum and the bias in onnxruntime."""
 
-    def __init__(self, export_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True):
-        export_dir = Path(export_dir)
-        _check(export_dir, (FEATURES_FILE, CONFIG_FILE), "an exported n-gram student")
-        self.config = _read_config(export_dir)
-        self.featurizer = NgramFeaturizer.load(export_dir / FEATURES_FILE)
-        self.session = BagSession(export_dir, variant, threads, spinning)
+    def __init__(self, model_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True):
+        model_dir = Path(model_dir)
+        _check(model_dir, (FEATURES_FILE, CONFIG_FILE), "an exported n-gram student")
+        self.config = _read_config(model_dir)
+        self.featurizer = NgramFeaturizer.load(model_dir / FEATURES_FILE)
+        self.session = BagSession(model_dir, variant, threads, spinning)
 
     def compute_logits(self, texts_a: list[str], texts_b: list[str] | None, batch_size: int) -> np.ndarray:
         x = self.features(texts_a, texts_b)

@@ -188,14 +188,14 @@ class StaticStudent(_Static):
 class OnnxStatic(_Static):
     """An exported static student: tokenizer in Rust, mean pooling and head in onnxruntime."""
 
-    def __init__(self, export_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True):
-        export_dir = Path(export_dir)
-        self.config = _open(export_dir, (TOKENIZER_FILE, CONFIG_FILE), "an exported static student")
+    def __init__(self, model_dir: Path, variant: str = "fp32", threads: int | None = None, spinning: bool = True):
+        model_dir = Path(model_dir)
+        self.config = _open(model_dir, (TOKENIZER_FILE, CONFIG_FILE), "an exported static student")
         rows = self.config.get("vocab_rows")
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
-            raise StageError(f"{export_dir / CONFIG_FILE} has no valid vocab_rows (the embedding rows); rerun the export stage")
-        self.pieces = Pieces(export_dir / TOKENIZER_FILE, self.config["max_length"], rows)
-        self.session = BagSession(export_dir, variant, threads, spinning)
+            raise StageError(f"{model_dir / CONFIG_FILE} has no valid vocab_rows (the embedding rows); rerun the export stage")
+        self.pieces = Pieces(model_dir / TOKENIZER_FILE, self.config["max_length"], rows)
+        self.session = BagSession(model_dir, variant, threads, spinning)
 
     def compute_logits(self, texts_a: list[str], texts_b: list[str] | None, batch_size: int) -> np.ndarray:
         out = np.zeros((len(texts_a), self.config["num_labels"]), np.float32)

@@ -198,6 +198,47 @@ def _json_errors(app: FastAPI) -> None:
         return _error(500, f"internal error ({type(exc).__name__})")
 
 
+def _predict_route(app: FastAPI, batcher: DynamicBatcher, labels: list[str], pair: bool, limits: Limits,
+                   connections: ConnectionLimits, api_key: str | None) -> None:
+    """POST /predict: the key check, the body read under its deadline, the checks, one batched model call."""
+
+    @app.post("/predict", summary="Classify sentences (or sentence pairs)", response_model=None,
+              responses={200: {"model": PredictResponse}, 400: {"description": "invalid JSON"},
+                         413: {"description": "too many texts, or the body is too large"},
+                         422: {"description": "wrong types, empty list, empty or too long text, "
+                                              "pairs sent to a single-sentence model or the reverse"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": PredictRequest.model_json_schema()}}}})
+    async def predict(request: Request) -> Response:
+        start = time.perf_counter()
+        if api_key is not None and not authorized(request.headers.get("authorization"), api_key):
+            return _error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                          {"WWW-Authenticate": "Bearer", "Connection": "close"})
+        batcher.arriving += 1
+        try:
+            try:
+                async with asyncio.timeout(connections.body_timeout_s):  # no extra task, unlike wait_for
+                    body = await _read_body(request, limits.max_body_bytes)
+                texts_a, texts_b = parse_request(body, pair, limits)
+            finally:
+                batcher.arriving -= 1
+        except BadRequest as e:
+            return _error(e.status, e.message)
+        except TimeoutError:
+            return _error(408, f"the request's body did not arrive within {connections.body_timeout_s:g} s",
+                          {"Connection": "close"})
+        except ClientDisconnect:
+            return _error(400, "the client went away before sending its whole body")
+        probabilities = await batcher.predict(texts_a, texts_b)
+        predictions = [{"label": labels[int(row.argmax())],
+                        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, row)}}
+                       for row in probabilities]
+        # Server-Timing: the time this request spent in the app (body read, queue, model, JSON), so that a load
+        # test can tell the server's share of a latency from the network's and the client's
+        return Response(json.dumps({"predictions": predictions}), media_type="application/json",
+                        headers={"Server-Timing": f"app;dur={1000 * (time.perf_counter() - start):.3f}"})
+
+
 def create_app(export_dir: Path, backend: str | None = None, *, batching: Batching = Batching(),
                limits: Limits = Limits(), threads: int | None = None,
                connections: ConnectionLimits = ConnectionLimits(), api_key: str | None = None) -> FastAPI:
@@ -241,42 +282,7 @@ def create_app(export_dir: Path, backend: str | None = None, *, batching: Batchi
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
-    @app.post("/predict", summary="Classify sentences (or sentence pairs)", response_model=None,
-              responses={200: {"model": PredictResponse}, 400: {"description": "invalid JSON"},
-                         413: {"description": "too many texts, or the body is too large"},
-                         422: {"description": "wrong types, empty list, empty or too long text, "
-                                              "pairs sent to a single-sentence model or the reverse"}},
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": PredictRequest.model_json_schema()}}}})
-    async def predict(request: Request) -> Response:
-        start = time.perf_counter()
-        if api_key is not None and not authorized(request.headers.get("authorization"), api_key):
-            return _error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                          {"WWW-Authenticate": "Bearer", "Connection": "close"})
-        batcher.arriving += 1
-        try:
-            try:
-                async with asyncio.timeout(connections.body_timeout_s):  # no extra task, unlike wait_for
-                    body = await _read_body(request, limits.max_body_bytes)
-                texts_a, texts_b = parse_request(body, pair, limits)
-            finally:
-                batcher.arriving -= 1
-        except BadRequest as e:
-            return _error(e.status, e.message)
-        except TimeoutError:
-            return _error(408, f"the request's body did not arrive within {connections.body_timeout_s:g} s",
-                          {"Connection": "close"})
-        except ClientDisconnect:
-            return _error(400, "the client went away before sending its whole body")
-        probabilities = await batcher.predict(texts_a, texts_b)
-        predictions = [{"label": labels[int(row.argmax())],
-                        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, row)}}
-                       for row in probabilities]
-        # Server-Timing: the time this request spent in the app (body read, queue, model, JSON), so that a load
-        # test can tell the server's share of a latency from the network's and the client's
-        return Response(json.dumps({"predictions": predictions}), media_type="application/json",
-                        headers={"Server-Timing": f"app;dur={1000 * (time.perf_counter() - start):.3f}"})
-
+    _predict_route(app, batcher, labels, pair, limits, connections, api_key)
     return app
 
 
