@@ -43,7 +43,6 @@ from stages.errors import StageError
 from stages.models import alternatives
 from stages.models.onnx_export import exporter
 from stages.models.registry import load_predictor
-from stages.models.onnx_student import softmax
 from stages.models.onnx_teacher import CONFIG_FILE, TEACHER_FILES, TOKENIZER_FILE, OnnxTeacher, export_teacher
 from stages.models.timing import measure_speed, peak_rss_mb
 from stages import paths
@@ -148,7 +147,7 @@ def _alternatives(task: Task, raw_dir: Path, static_dir: Path, splits, work: Pat
         features["static-lr"] = ("static + LR", lambda: alternatives.StaticFeatures(str(static_dir), task.is_pair))
     else:
         skipped.append({"name": "static-lr", "reason": f"static embeddings not found at {static_dir} (the "
-                                                       "static_embeddings stage writes them)"})
+                                                       "inputs stage writes them when archs lists static)"})
     out = []
     for name, (label, make) in features.items():
         start = time.perf_counter()

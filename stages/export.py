@@ -11,6 +11,7 @@ beside the mean ± sd over all seeds from evaluate's report.json. Each arch is w
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,10 @@ from stages.errors import StageError
 from stages.data.io import RAW_SCHEMA, atomic_path, read_parquet, write_json
 from stages.params import EvaluateParams, Params
 from stages.report.metrics import task_metrics
-from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, ONNX_BACKENDS, TOKENIZER_FILE, OnnxStudent
-from stages.models.registry import EXPORTERS, exporter, load_predictor, student_arch
-from stages.models.torch_student import VOCAB_FILE, Student, load_student
-from stages.models.student_model import count_parameters
+from stages.models.onnx_export import exporter
+from stages.models.onnx_student import CONFIG_FILE, MODEL_FILES, ONNX_BACKENDS
+from stages.models.registry import TORCH_ARCHS, load_predictor, student_arch
+from stages.models.timing import measure_speed
 from stages.data.tasks import Task
 
 # int8 is the card's recommendation only when it costs at most this many points of the task's selection
@@ -42,28 +43,15 @@ def _dev(task: Task, raw_dir: Path) -> dict[str, tuple[list[str], list[str] | No
     return out
 
 
-def _timed(run, texts_a, texts_b, batch_size: int, latency_n: int) -> dict:
-    run(texts_a[:8], texts_b[:8] if texts_b else None, batch_size)  # warm-up: first-call setup is not speed
-    start = time.perf_counter()
-    run(texts_a, texts_b, batch_size)
-    throughput = len(texts_a) / (time.perf_counter() - start)
-    latencies = []
-    for i in range(min(latency_n, len(texts_a))):
-        start = time.perf_counter()
-        run(texts_a[i:i + 1], texts_b[i:i + 1] if texts_b else None, 1)
-        latencies.append(1000 * (time.perf_counter() - start))
-    return {"sentences_per_s": round(throughput, 1), "latency_ms_p50": round(float(np.percentile(latencies, 50)), 3),
-            "latency_ms_p95": round(float(np.percentile(latencies, 95)), 3)}
-
-
 def compare_backends(task: Task, student, export_dir: Path, raw_dir: Path, *, batch_size: int,
                      throughput_sentences: int, latency_sentences: int = 200, reference: str = "pytorch",
                      open_onnx=None) -> dict:
     """Scores on every eval split, speed (text in, logits out) and the largest fp32-vs-reference logit gap.
     reference: the backend `student` runs in (pytorch for bilstm and cnn, numpy for ngram and static);
-    open_onnx(export_dir, variant, threads): the export's ONNX runner (default OnnxStudent)."""
+    open_onnx(export_dir, variant, threads): the export's ONNX runner (default: the registry's, any arch)."""
     threads = torch.get_num_threads()
-    open_onnx = open_onnx or (lambda d, variant, threads: OnnxStudent(d, variant, threads=threads))
+    backend_of = {variant: backend for backend, variant in ONNX_BACKENDS.items()}
+    open_onnx = open_onnx or (lambda d, variant, threads: load_predictor(d, backend_of[variant], threads=threads))
     dev = _dev(task, raw_dir)
     runners = {reference: lambda a, b, n: student.predict_logits(a, b, batch_size=n)}
     for variant in MODEL_FILES:
@@ -229,10 +217,10 @@ transfer set, after Tang et al. 2019 (arXiv 1903.12136). Labels: {', '.join(task
 |---|---|---|---|
 {rows}
 
-ONNX fp32 matches PyTorch to {comparison['max_abs_logit_diff_fp32']:.1e} in the logits on every {split} sentence;
+ONNX fp32 matches the {'numpy' if comparison.get('reference_backend') == 'numpy' else 'PyTorch'} run to {comparison['max_abs_logit_diff_fp32']:.1e} in the logits on every {split} sentence;
 int8 (onnxruntime dynamic quantisation) {int8_effect} of {split} {metric}: {advice}.
 
-{_bag_usage(task, f) if f["arch"] in EXPORTERS else _usage(task, f)}"""
+{_usage(task, f) if f["arch"] in TORCH_ARCHS else _bag_usage(task, f)}"""
 
 
 def _architecture(task: Task, config: dict, shape: str) -> str:
@@ -269,30 +257,27 @@ Produced by the `export` stage of this repository's DVC pipeline (`dvc repro`); 
 
 def export_student(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict,
                    teacher: dict, data: dict, params: EvaluateParams, choice: dict | None = None) -> dict:
-    """Write out_dir/{model.onnx, model.int8.onnx, tokenizer.json, config.json, README.md}; return the comparison.
+    """Write out_dir/{model.onnx, model.int8.onnx, the arch's tokenizer.json or features.json, config.json,
+    README.md} for the student in model_dir, by its arch's exporter (stages/models/onnx_export.py); return the
+    comparison of the reference run (PyTorch, or numpy for ngram and static) and the ONNX backends.
 
     config.json is the student's own plus the seed, the graph's inputs, the parameter counts and
-    `recommended_backend` (what serve runs by default)."""
+    `recommended_backend` (what serve runs by default). choice: compare.json's `ship` section, for the card."""
     if str(seed) not in report["scores"]["student"][task.selection_split][task.metrics[0]]["seeds"]:
         raise StageError(f"seed {seed} is not in the evaluate report's seeds {report['seeds']}; rerun evaluate")
-    if student_arch(model_dir) in EXPORTERS:
-        return _export_bag(task, model_dir, raw_dir, out_dir, seed=seed, report=report, teacher=teacher, data=data,
-                           params=params, choice=choice)
-    student = load_student(model_dir, "cpu")
-    run = json.loads((Path(model_dir) / "config.json").read_text())
+    arch = student_arch(model_dir)
+    student = load_predictor(model_dir, "torch")
+    if choice is not None and choice["arch"] != arch:
+        raise StageError(f"compare chose arch {choice['arch']!r} but {model_dir} holds a {arch} student; rerun compare")
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
-        export_onnx(student, tmp / MODEL_FILES["fp32"])
-        quantize_int8(tmp / MODEL_FILES["fp32"], tmp / MODEL_FILES["int8"])
-        shutil.copy(Path(model_dir) / VOCAB_FILE, tmp / TOKENIZER_FILE)
-        config = {**run, "seed": seed, "inputs": ["ids_a", "ids_b"] if task.is_pair else ["ids"],
-                  **{f"params_{k}": v for k, v in count_parameters(student.model).items()}}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        config = exporter(arch).write(student, model_dir, tmp, {"seed": seed})
         comparison = compare_backends(task, student, tmp, raw_dir, batch_size=params.batch_size,
-                                      throughput_sentences=params.throughput_sentences)
+                                      throughput_sentences=params.throughput_sentences,
+                                      reference="pytorch" if arch in TORCH_ARCHS else "numpy")
         config["recommended_backend"] = recommended_backend(comparison["recommended"])
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data, choice))
-    return {"task": task.name, "seed": seed, **comparison}
+    return {"task": task.name, "seed": seed, "arch": arch, **comparison}
 
 
 def _read_inputs(metrics_dir: Path) -> dict[str, dict]:
@@ -342,20 +327,3 @@ def run(task: Task, params: Params) -> None:
               f"batch-1 p50 {r['latency_ms_p50']} ms, p95 {r['latency_ms_p95']} ms")
     print(f"{task.name} ships {choice['arch']}; int8 costs {result['int8_cost_points']} points: the card recommends "
           f"{result['recommended']}")
-
-
-def _export_bag(task: Task, model_dir: Path, raw_dir: Path, out_dir: Path, *, seed: int, report: dict, teacher: dict,
-                data: dict, params: EvaluateParams, choice: dict | None = None) -> dict:
-    """The ngram or static student (docs/students.md): its ONNX graph, compared with its numpy run."""
-    student = load_predictor(model_dir, "torch")  # numpy for these archs
-    backend_of = {variant: backend for backend, variant in ONNX_BACKENDS.items()}
-    with atomic_path(Path(out_dir), is_dir=True) as tmp:
-        config = {**exporter(student_arch(model_dir))(model_dir, tmp), "seed": seed}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        comparison = compare_backends(
-            task, student, tmp, raw_dir, batch_size=params.batch_size, throughput_sentences=params.throughput_sentences,
-            reference="numpy", open_onnx=lambda d, variant, threads: load_predictor(d, backend_of[variant], threads=threads))
-        config["recommended_backend"] = recommended_backend(comparison["recommended"])
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(task, config, seed, report, comparison, teacher, data, choice))
-    return {"task": task.name, "seed": seed, "arch": config["arch"], **comparison}

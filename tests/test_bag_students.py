@@ -19,7 +19,7 @@ from stages.errors import StageError
 from stages.inputs import build_inputs
 from stages.models.registry import load_predictor
 from stages.models.ngram_model import NgramFeaturizer
-from stages.params import DistillParams, NgramParams, StaticParams
+from stages.params import EvaluateParams, DistillParams, NgramParams, StaticParams
 from stages.student import train_bag_student
 from tests.conftest import REPO
 from tests.test_export import _report
@@ -157,7 +157,7 @@ def test_each_bag_arch_trains_exports_predicts_and_serves_without_torch(tiny_pro
         export = tmp_path / task_name
         result = export_student(task, run_dir, tiny_project / f"data/raw/{task_name}", export, seed=1,
                                 report=_report(task, 1, 0.5), teacher={"model": "t", "dev": {m: 0.9 for m in task.metrics}},
-                                data={"splits": {}}, batch_size=8, throughput_sentences=16)
+                                data={"splits": {}}, params=EvaluateParams(batch_size=8, throughput_sentences=16))
         assert sorted(p.name for p in export.iterdir()) == sorted(
             ["README.md", "config.json", "model.int8.onnx", "model.onnx", ARCH_FILES[arch]])
         assert set(result["backends"]) == {"numpy", "onnx-fp32", "onnx-int8"} and result["arch"] == arch

@@ -55,7 +55,7 @@ def test_an_empty_params_file_means_the_committed_defaults(tmp_path):
     assert empty.model_dump(exclude=set(USER_DATA)) == committed.model_dump(exclude=set(USER_DATA))
 
 
-@pytest.mark.parametrize("section, key, planted", [("distill", "epochs", 10), ("teacher", "epochs", 1.0)])
+@pytest.mark.parametrize("section, key, planted", [("distill", "epochs", 10), ("teacher", "epochs", 0.5)])
 def test_a_disagreeing_default_is_named(section, key, planted):
     committed = yaml.safe_load((REPO / "params.yaml").read_text())
     committed[section][key] = planted

@@ -32,7 +32,8 @@ def _export(root: Path, task_name: str) -> Path:
     """A small export directory (random weights: serving needs the files, not a good model), built in seconds."""
     import torch
 
-    from stages.export import export_onnx, quantize_int8
+    from stages.models.onnx_export import export_onnx
+    from stages.models.onnx_student import quantize_int8
     from stages.models.vocab import Vocab
     from stages.models.torch_student import Student, build_model
 

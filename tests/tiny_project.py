@@ -24,6 +24,7 @@ from tests.conftest import REPO, write_glue_split, write_params
 TINY = dict(
     tasks=["sst2", "nli"],
     seeds=[1, 2],
+    archs=["bilstm", "ngram", "static"],  # every bag arch too, whatever the default's list
     teacher={"epochs": 1, "batch_size": 8, "max_length": 32, "max_train_examples": 24, "evals_per_epoch": 1},
     augment={"n_iter": 2, "max_examples": 80},
     label={"batch_size": 16, "shard_rows": 32},
