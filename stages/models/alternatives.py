@@ -87,7 +87,7 @@ def load_static(static_dir: Path):
 
     static_dir = Path(static_dir)
     if not static_dir.is_dir():
-        raise StageError(f"static embeddings not found at {static_dir} (the static_embeddings stage writes them)")
+        raise StageError(f"static embeddings not found at {static_dir} (the inputs stage writes them when archs lists static)")
     vectors = next((static_dir / name for name in STATIC_VECTORS if (static_dir / name).is_file()), None)
     missing = ([] if (static_dir / STATIC_TOKENIZER).is_file() else [f"{STATIC_TOKENIZER} (the teacher vocabulary)"]) + (
         [] if vectors else [f"{' or '.join(STATIC_VECTORS)} (the vectors)"])
