@@ -170,13 +170,13 @@ def test_each_bag_arch_trains_exports_predicts_and_serves_without_torch(tiny_pro
     script = NO_TORCH + f"""
 import json
 from fastapi.testclient import TestClient
-from stages.predict import classify
+from stages.predict import answer, read_arguments
 from stages.serving.app import create_app
 out = {{}}
 for task, (run_dir, export, text) in {json.dumps({t: [str(r), str(e), PAIR if t == "nli" else "good movie"]
                                                    for t, (r, e) in outputs.items()})}.items():
-    out[task] = {{"numpy": classify(run_dir, [text], backend="torch")[0],
-                 "onnx": classify(export, [text], backend="onnx")[0]}}
+    out[task] = {{"numpy": answer(run_dir, read_arguments([text]), backend="torch")[0],
+                 "onnx": answer(export, read_arguments([text]), backend="onnx")[0]}}
     body = {{"pairs": [text.split("\\t")]}} if "\\t" in text else {{"texts": [text]}}
     with TestClient(create_app(export, "onnx")) as client:
         out[task]["served"] = client.post("/predict", json=body).json()["predictions"][0]
