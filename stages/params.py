@@ -257,9 +257,14 @@ class Params(Section):
     @model_validator(mode="before")
     @classmethod
     def _no_student_arch(cls, raw):
+        """A params file written before `archs` (the archived runs/*/params.yaml) names its one student as
+        `student.arch`: read that as `archs: [<arch>]`. Both at once is refused."""
         if isinstance(raw, dict) and isinstance(raw.get("student"), dict) and "arch" in raw["student"]:
-            raise ValueError("student.arch is gone: list the students to train in the top-level `archs` "
-                             "(e.g. archs: [bilstm, cnn, ngram, static])")
+            if "archs" in raw:
+                raise ValueError("student.arch is gone: list the students to train in the top-level `archs` "
+                                 "(e.g. archs: [bilstm, cnn, ngram, static]), not both")
+            student = {k: v for k, v in raw["student"].items() if k != "arch"}
+            return {**raw, "archs": [raw["student"]["arch"]], "student": student}
         return raw
 
     @field_validator("archs")

@@ -79,7 +79,7 @@ def resolve_precision(requested: str, device: torch.device, knob: str) -> Resolv
     without native bf16 gets a note (it runs, emulated, slower than fp32). `knob` names the param in messages."""
     if requested != AUTO and requested not in PRECISIONS:
         raise StageError(f"{knob} must be one of {AUTO}, {', '.join(PRECISIONS)}, got {requested!r}")
-    native = native_bf16(device)
+    native = native_bf16(torch.device(device))  # a name ("cpu") or a torch.device
     if requested == AUTO:
         return Resolved("bf16" if native else "fp32", requested, native)
     note = None
