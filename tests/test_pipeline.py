@@ -125,13 +125,15 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
     run(["git", "checkout", "params.yaml", "dvc.lock", "metrics"], repo)
     run(["dvc", "checkout", "-q"], repo)
     # a knob of one arch reaches that arch's stages alone: the student's size only the BiLSTM's, an n-gram knob
-    # only the n-gram student's and baseline's (check rewrites every arch's knob file, the others byte for byte)
+    # only the n-gram student's and baseline's (check rewrites every arch's knob file, the others byte for byte);
+    # no other arch's run goes stale
     for section, knob, value, arch in (("student", "hidden", 12, "bilstm"), ("ngram", "max_chars", 500, "ngram")):
         (repo / "params.yaml").write_text(yaml.safe_dump({**params, section: {**params[section], knob: value}}))
         assert ran(run(["dvc", "repro", f"inputs@sst2-{arch}", f"inputs@nli-{arch}"], repo)) == {
             "check", f"inputs@sst2-{arch}", f"inputs@nli-{arch}"}
+        # stale: that arch's runs, and compare (it reads models/inputs/<task>/ for the static embeddings)
         assert set(json.loads(run(["dvc", "status", "--json"], repo))) == {
-            f"{s}@{t}-{arch}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)}
+            f"{s}@{t}-{arch}-{seed}" for s in SEEDED for t in TASKS for seed in (1, 2)} | {f"compare@{t}" for t in TASKS}
         run(["git", "checkout", "params.yaml"], repo)
         run(["dvc", "repro", f"inputs@sst2-{arch}", f"inputs@nli-{arch}"], repo)  # back to the committed state
 
