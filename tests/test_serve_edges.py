@@ -97,7 +97,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
 def _body(draw_kind, value) -> bytes:
     if draw_kind == "bytes":
         return value
-    # ensure_ascii: lone surrogates become \\udXXX escapes, as a client's JSON encoder writes them
+    # ensure_ascii: lone surrogates become \\ud800-style escapes, as a client's JSON encoder writes them
     return json.dumps(value, ensure_ascii=True).encode()
 
 
