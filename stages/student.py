@@ -506,8 +506,8 @@ def train_bag_student(task: Task, arch: str, train_path: Path, dev_dir: Path, in
     Writes the model files of stages/models/ngram_model.py or static_model.py to out_dir; returns the metrics."""
     start = time.perf_counter()
     seed_everything(seed)
-    if getattr(knobs, "optimizer", None) is not None:  # the arch's own optimiser (ngram.optimizer, ngram.lr)
-        distill = distill.model_copy(update={"optimizer": knobs.optimizer, "lr": knobs.lr or distill.lr})
+    if hasattr(knobs, "distill_overrides"):  # the arch's own optimiser and objective (ngram.optimizer, ngram.alpha, …)
+        distill = distill.model_copy(update=knobs.distill_overrides())
     alpha = distill.alpha if use_teacher_logits else 1.0
     train_table = _read_train(train_path, task, use_teacher_logits)
     if alpha == 1 and not (train_table.labels >= 0).any():

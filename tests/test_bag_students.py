@@ -56,14 +56,22 @@ def separable(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("alpha, follows", [(0.0, "teacher"), (1.0, "gold")])
-def test_the_ngram_student_reproduces_what_it_is_fitted_to(separable, tmp_path, alpha, follows):
+# ngram's own objective knobs null: distill's alpha, loss and temperature apply
+DISTILL_OBJECTIVE = dict(alpha=None, loss=None, temperature=None)
+
+
+@pytest.mark.parametrize("alpha, follows, where", [(0.0, "teacher", "distill"), (1.0, "gold", "distill"),
+                                                   (1.0, "gold", "ngram")])
+def test_the_ngram_student_reproduces_what_it_is_fitted_to(separable, tmp_path, alpha, follows, where):
     """alpha 0: the teacher's logits alone, every training sentence gets the teacher's label; alpha 1: the gold
-    labels of the original sentences alone (here the teacher's opposite), every one of them reproduced."""
+    labels of the original sentences alone (here the teacher's opposite), every one of them reproduced. The alpha
+    comes from `distill:` where ngram.alpha is null, and ngram.alpha wins over distill.alpha where it is set."""
+    knobs = NgramParams(min_df=1, **DISTILL_OBJECTIVE) if where == "distill" else NgramParams(min_df=1, alpha=alpha)
     metrics = train_bag_student(get_task("rt"), "ngram", separable / "labeled.parquet", separable / "raw",
-                                separable / "inputs", tmp_path / "m", knobs=NgramParams(min_df=1),
-                                distill=DistillParams(alpha=alpha, batch_size=10, epochs=6, patience=6, optimizer="adam",
-                                                      lr=0.1), device=CPU, seed=0, use_teacher_logits=True)
+                                separable / "inputs", tmp_path / "m", knobs=knobs,
+                                distill=DistillParams(alpha=alpha if where == "distill" else 0.0, batch_size=10,
+                                                      epochs=6, patience=6, optimizer="adam", lr=0.1),
+                                device=CPU, seed=0, use_teacher_logits=True)
     table = pq.read_table(separable / "labeled.parquet").to_pydict()
     target = np.array(table["teacher_label"] if follows == "teacher" else table["label"])
     predicted = load_predictor(tmp_path / "m").predict_logits(table["text_a"]).argmax(1)
@@ -71,6 +79,14 @@ def test_the_ngram_student_reproduces_what_it_is_fitted_to(separable, tmp_path, 
     assert metrics["alpha"] == alpha and metrics["loss"] == ("mse" if alpha < 1 else "ce") and metrics["arch"] == "ngram"
     if follows == "teacher":
         assert metrics["dev"]["accuracy"] == 1.0  # the teacher's rule is the dev labels' rule
+
+
+def test_ngram_sets_its_own_optimiser_and_objective_and_null_gives_back_distills():
+    assert NgramParams().distill_overrides() == {"optimizer": "adam", "lr": 0.01, "alpha": 0.5, "loss": "kl",
+                                                 "temperature": 2.0}
+    assert NgramParams(optimizer=None, lr=0.5, **DISTILL_OBJECTIVE).distill_overrides() == {}
+    assert NgramParams(loss=None, alpha=0.2).distill_overrides() == {"optimizer": "adam", "lr": 0.01, "alpha": 0.2,
+                                                                    "temperature": 2.0}
 
 
 def test_ngram_features_are_unit_tfidf_rows_and_pairs_add_the_shared_ngrams():
