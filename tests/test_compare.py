@@ -202,7 +202,10 @@ def test_compare_writes_every_model_the_tests_the_choice_and_the_chart(tiny_proj
     assert [n for n, r in rows.items() if r["shipped"]] == [ship["name"]]
     # the table, the DVC plot's rows and the chart
     table = (tiny_project / f"metrics/{task}/compare.md").read_text()
-    assert table.startswith(f"# {task}: what to ship") and "| **distilled bilstm** (shipped) |" in table
+    # which arch ships depends on the timings of this run (the tiny models are all fast): whichever it is, the
+    # table marks that one, and only that one
+    assert table.startswith(f"# {task}: what to ship") and table.count("(shipped)") == 1
+    assert f"| **{rows[ship['name']]['label']}** (shipped) |" in table
     plot = json.loads((tiny_project / f"metrics/{task}/compare_plot.json").read_text())["models"]
     assert [p["model"] for p in plot] == [r["label"] for r in rows.values()]
     assert (tiny_project / f"metrics/{task}/compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
