@@ -255,9 +255,9 @@ def _timings(models: list[_Model], sample_a: list[str], sample_b: list[str] | No
     for _ in tqdm(range(p.timing_rounds), desc="timing rounds", leave=False):
         for m in models:
             rounds[m.name].append(measure_speed(lambda a, b, n, m=m: m.timed.predict_proba(a, b, n), sample_a, sample_b,
-                                                p.batch_size, p.latency_sentences))
+                                                p.batch_size, p.latency_sentences, p.max_timing_seconds))
     return {name: {key: round(statistics.median(r[key] for r in runs), 3)
-                   for key in ("sentences_per_s", "latency_ms_p50", "latency_ms_p95")}
+                   for key in ("sentences_per_s", "sentences_timed", "latency_ms_p50", "latency_ms_p95")}
             for name, runs in rounds.items()}
 
 
@@ -336,6 +336,7 @@ def compare(task: Task, raw_dir: Path, teacher_dir: Path, static_dir: Path,
         "throughput_sentences": len(sample_a),
         "latency_sentences": min(params.latency_sentences, len(sample_a)),
         "timing_rounds": params.timing_rounds,
+        "max_timing_seconds": params.max_timing_seconds,
         "models": rows,
         "skipped": skipped,
         "best_student_vs_best_alternative": versus,

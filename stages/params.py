@@ -234,6 +234,9 @@ class CompareParams(Section):
     batch_size: Int = Field(512, ge=1)
     latency_sentences: Int = Field(200, ge=1)  # batch-1 calls whose median is the p50 latency
     timing_rounds: Int = Field(3, ge=1)  # every model timed once per round, rounds interleaved; the median is kept
+    # a model's throughput pass stops after the first batch that ends past this many seconds (the teachers: one
+    # batch of 512 on a 2-core CPU); None = every one of throughput_sentences
+    max_timing_seconds: Optional[Float] = Field(3.0, gt=0)
     peak_rss: StrictBool = True  # also measure each model's peak RSS in a fresh process (a few seconds each)
     # the ship rule: the best mean dev score among distilled students at least min_speedup x the teacher's
     # ONNX int8 sentences/s (dynamic padding); none that fast: the fastest student, and compare.json says so

@@ -376,7 +376,8 @@ def run(task: Task, params: Params, arch: str, seed: int, distilled: bool) -> No
     if arch in EXPORTERS:  # the bag students (ngram, static)
         metrics = train_bag_student(task, arch, train_path, paths.raw_dir(task.name), paths.inputs_dir(task.name, arch),
                                     out, knobs=getattr(params, arch), distill=distill, device=device, seed=seed,
-                                    use_teacher_logits=distilled, live_dir=run_dir)
+                                    use_teacher_logits=distilled, live_dir=run_dir,
+                                    features_cache=paths.cache_dir("ngram-features") / task.name)
     else:
         metrics = train_student(task, train_path, paths.raw_dir(task.name), out,
                                 student=params.student.model_copy(update={"arch": arch}), distill=distill,
@@ -390,12 +391,11 @@ def run(task: Task, params: Params, arch: str, seed: int, distilled: bool) -> No
 # --------------------------------------------------------------------------- the bag students (ngram, static)
 
 
-def _bag_rows(arch: str, table: _Table, inputs_dir: Path, knobs) -> object:
-    """One split's model inputs: a CSR matrix of tf-idf rows (ngram) or a dense matrix of sentence vectors (static)."""
+def _bag_rows(arch: str, table: _Table, inputs_dir: Path, knobs, ngram_rows=None) -> object:
+    """One split's model inputs: a CSR matrix of tf-idf rows (ngram: through ngram_rows, a CachedFeatures) or a
+    dense matrix of sentence vectors (static)."""
     if arch == "ngram":
-        from stages.models.ngram_model import FEATURES_FILE, NgramFeaturizer
-
-        return NgramFeaturizer.load(Path(inputs_dir) / FEATURES_FILE).features(table.texts_a, table.texts_b)
+        return ngram_rows.features(table.texts_a, table.texts_b)
     from stages.models.static_model import TOKENIZER_FILE, Pieces, load_embeddings, pair_features, pool
 
     vectors = load_embeddings(inputs_dir)
@@ -499,11 +499,12 @@ def _bag_epochs(task: Task, arch: str, model, data: dict, distill: DistillParams
 
 def train_bag_student(task: Task, arch: str, train_path: Path, dev_dir: Path, inputs_dir: Path, out_dir: Path, *,
                       knobs, distill: DistillParams, device: torch.device, seed: int, use_teacher_logits: bool,
-                      live_dir: Path | None = None) -> dict:
+                      live_dir: Path | None = None, features_cache: Path | None = None) -> dict:
     """Train the ngram or static student (docs/students.md) as train_student trains the BiLSTM: the same loss
     (distill.alpha, loss, temperature), optimiser, batch size, epochs, patience and dev selection; the inputs
     (the n-gram featurizer, or the static embeddings) come from inputs_dir, made by the `inputs` stage.
-    Writes the model files of stages/models/ngram_model.py or static_model.py to out_dir; returns the metrics."""
+    Writes the model files of stages/models/ngram_model.py or static_model.py to out_dir; returns the metrics.
+    features_cache: where the n-gram rows are memoised between seeds (ngram_model.CachedFeatures); None: none."""
     start = time.perf_counter()
     seed_everything(seed)
     if hasattr(knobs, "distill_overrides"):  # the arch's own optimiser and objective (ngram.optimizer, ngram.alpha, …)
@@ -513,8 +514,14 @@ def train_bag_student(task: Task, arch: str, train_path: Path, dev_dir: Path, in
     if alpha == 1 and not (train_table.labels >= 0).any():
         raise StageError(f"{train_path}: no row has a hard label, so cross-entropy (alpha=1) has nothing to learn")
     eval_tables = {split: _read_eval(dev_dir, split, task) for split in task.eval_splits}
-    data = {"x": _bag_rows(arch, train_table, inputs_dir, knobs), "eval_tables": eval_tables,
-            "x_evals": {split: _bag_rows(arch, table, inputs_dir, knobs) for split, table in eval_tables.items()},
+    ngram_rows = None
+    if arch == "ngram":
+        from stages.models.ngram_model import FEATURES_FILE, CachedFeatures
+
+        ngram_rows = CachedFeatures(Path(inputs_dir) / FEATURES_FILE, features_cache)
+    data = {"x": _bag_rows(arch, train_table, inputs_dir, knobs, ngram_rows), "eval_tables": eval_tables,
+            "x_evals": {split: _bag_rows(arch, table, inputs_dir, knobs, ngram_rows)
+                        for split, table in eval_tables.items()},
             "targets": {"labels": torch.from_numpy(train_table.labels).to(device),
                         "teacher": torch.from_numpy(train_table.logits).to(device)
                         if train_table.logits is not None else None}}

@@ -115,7 +115,9 @@ def _train_once(task: Task, resolved, raw_dir: Path, scratch: Path, params: Teac
 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # data-parallel: teacher.batch_size stays the global batch
     batches_per_epoch = max(1, -(-len(train) // params.batch_size))
-    eval_steps = max(1, batches_per_epoch // params.evals_per_epoch)
+    # rounded up, so the last check of the run falls on its last step: transformers also checks at the last step
+    # when it is not a multiple of eval_steps, and 319 // 2 = 159 cost a third dev pass at step 319 after 318
+    eval_steps = max(1, -(-batches_per_epoch // params.evals_per_epoch))
     selection = f"eval_{task.selection_split}_{task.metrics[0]}"
 
     def compute_metrics(prediction) -> dict:

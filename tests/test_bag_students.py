@@ -18,7 +18,7 @@ from stages.data.tasks import Task, get_task
 from stages.errors import StageError
 from stages.inputs import build_inputs
 from stages.models.registry import load_predictor
-from stages.models.ngram_model import NgramFeaturizer
+from stages.models.ngram_model import CachedFeatures, NgramFeaturizer
 from stages.params import EvaluateParams, DistillParams, NgramParams, StaticParams
 from stages.student import train_bag_student
 from tests.conftest import REPO
@@ -87,6 +87,29 @@ def test_ngram_sets_its_own_optimiser_and_objective_and_null_gives_back_distills
     assert NgramParams(optimizer=None, lr=0.5, **DISTILL_OBJECTIVE).distill_overrides() == {}
     assert NgramParams(loss=None, alpha=0.2).distill_overrides() == {"optimizer": "adam", "lr": 0.01, "alpha": 0.2,
                                                                     "temperature": 2.0}
+
+
+def test_ngram_rows_are_read_back_from_the_cache_exactly_and_a_new_featurizer_or_text_misses(tmp_path):
+    texts = ["a good film", "a bad film", "good good good", "the plot"]
+    features = tmp_path / "features.json"
+    NgramFeaturizer.fit(texts, NGRAM).save(features)
+    fresh = NgramFeaturizer.load(features).features(texts[:2], texts[2:])
+    cache = tmp_path / "cache"
+    first = CachedFeatures(features, cache).features(texts[:2], texts[2:])
+    [entry] = cache.iterdir()
+    again = CachedFeatures(features, cache)
+    read = again.features(texts[:2], texts[2:])
+    assert again._featurizer is None  # read back: the featurizer was never loaded
+    for x in (first, read):
+        assert (x != fresh).nnz == 0 and x.dtype == fresh.dtype and x.shape == fresh.shape
+    entry.write_bytes(b"torn")  # a file that cannot be read is computed again and rewritten
+    assert (CachedFeatures(features, cache).features(texts[:2], texts[2:]) != fresh).nnz == 0
+    assert len(list(cache.iterdir())) == 1 and entry.stat().st_size > 4
+    CachedFeatures(features, cache).features(texts[:2])  # other texts: a second entry
+    NgramFeaturizer.fit(texts, {**NGRAM, "word_ngrams": [1, 1]}).save(features)  # another featurizer: a third
+    other = CachedFeatures(features, cache).features(texts[:2], texts[2:])
+    assert len(list(cache.iterdir())) == 3 and other.shape[1] < fresh.shape[1]
+    assert (CachedFeatures(features, None).features(texts[:2], texts[2:]) != other).nnz == 0  # no cache: computed
 
 
 def test_ngram_features_are_unit_tfidf_rows_and_pairs_add_the_shared_ngrams():

@@ -149,13 +149,44 @@ def test_a_missing_or_incomplete_static_directory_is_named(tmp_path):
     assert vectors.dtype == np.float32 and vectors.shape == (3, 2) and tokenizer.get_vocab_size() == 2
 
 
+def _fake_clock(monkeypatch):
+    """stages.models.timing's clock, moved on by one second per call of the timed model: exact speeds."""
+    from stages.models import timing
+
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    calls = []
+
+    def run(texts_a, texts_b, batch_size):
+        calls.append(len(texts_a))
+        now[0] += 1.0
+
+    return timing, run, calls
+
+
+def test_timing_runs_whole_batches_and_stops_a_slow_model_after_the_cap(monkeypatch):
+    timing, run, calls = _fake_clock(monkeypatch)
+    texts = [f"s{i}" for i in range(10)]
+    speed = timing.measure_speed(run, texts, None, batch_size=3, latency_n=2, max_seconds=2.5)
+    # warm-up (8 texts), then batches of 3, 3, 3: the third ends at 3 s >= 2.5 and the fourth (1 text) never runs
+    assert calls == [8, 3, 3, 3, 1, 1]
+    assert speed["sentences_timed"] == 9 and speed["sentences_per_s"] == 3.0
+    assert speed["latency_ms_p50"] == 1000.0 and speed["latency_ms_p95"] == 1000.0
+    calls.clear()
+    uncapped = timing.measure_speed(run, texts, None, batch_size=3, latency_n=1)
+    assert calls == [8, 3, 3, 3, 1, 1] and uncapped["sentences_timed"] == 10 and uncapped["sentences_per_s"] == 2.5
+    calls.clear()
+    one_batch = timing.measure_speed(run, texts, None, batch_size=4, latency_n=1, max_seconds=0.1)
+    assert calls == [8, 4, 1] and one_batch["sentences_timed"] == 4  # at least one batch, however slow
+
+
 # ------------------------------------------------------------------ the stage, in the tiny project (session fixture)
 
 ARCHS = ("bilstm", "ngram", "static")  # tests/tiny_project.py's
 COMPARED = {"tfidf-lr": "alternative", "static-lr": "alternative", **{f"baseline-{a}": "alternative" for a in ARCHS},
             **{f"student-{a}": "student" for a in ARCHS}, "teacher-onnx-fp32": "teacher", "teacher-onnx-int8": "teacher"}
 FITTED = {"tfidf-lr", "static-lr"}  # the regressions compare fits itself (scikit-learn)
-ROW_KEYS = {"name", "kind", "arch", "runtime", "label", "seeds", "dev", "sentences_per_s", "latency_ms_p50",
+ROW_KEYS = {"name", "kind", "arch", "runtime", "label", "seeds", "dev", "sentences_per_s", "sentences_timed", "latency_ms_p50",
             "latency_ms_p95", "disk_mb", "peak_rss_mb", "on_frontier", "fit_seconds", "scores", "speedup_vs_teacher_int8",
             "shipped"}
 
@@ -173,6 +204,7 @@ def test_compare_writes_every_model_the_tests_the_choice_and_the_chart(tiny_proj
         assert set(row) == ROW_KEYS
         assert row["runtime"] == ("sklearn" if row["name"] in FITTED else "onnxruntime")
         assert row["sentences_per_s"] > 0 and row["latency_ms_p50"] > 0 and row["disk_mb"] > 0
+        assert row["sentences_timed"] in (8, 16)  # whole batches of 8 out of 16 (the tiny models finish in time)
         assert row["peak_rss_mb"] > 20  # a fresh interpreter with numpy and a runtime: tens of MB at least
         assert (row["fit_seconds"] is not None) == (row["name"] in FITTED)  # fitted by compare itself
         assert list(row["scores"]) == ["dev"] and list(row["scores"]["dev"]) == metrics  # GLUE test labels: hidden

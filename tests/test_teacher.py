@@ -40,6 +40,10 @@ def test_teacher_trains_and_reloads_with_plain_transformers(tmp_path, task_name)
         preds = model(**enc).logits.argmax(-1).numpy()
     assert float((preds == dev["label"].to_numpy()).mean()) == pytest.approx(metrics["dev"]["accuracy"], abs=1e-6)
     assert (tmp_path / "live" / "metrics.json").exists()
+    # evals_per_epoch 2 over 3 batches: dev checks at steps 2 and 3; 3 // 2 = 1 would check at 1, 2 and again at
+    # the last step 3, which transformers adds when it is not a multiple of eval_steps
+    checks = (tmp_path / "live" / "plots" / "metrics" / "eval" / "dev_accuracy.tsv").read_text().splitlines()[1:]
+    assert len(checks) == TINY.evals_per_epoch
 
 
 def test_teacher_is_deterministic_on_cpu(tmp_path):

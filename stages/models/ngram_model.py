@@ -123,6 +123,43 @@ class NgramFeaturizer:
             raise StageError(f"{path} is not an n-gram featurizer ({str(e).splitlines()[0]}); rerun the inputs stage") from None
 
 
+class CachedFeatures:
+    """The featurizer in features_file, its rows memoised on disk: every seed of the student and of the baseline
+    featurizes the same texts with the same featurizer, so all but the first read the rows back (scipy's npz)
+    instead of recomputing them (about 6 s of 15,000 rt rows on a 2-core CPU, against well under a second).
+
+    The key is a hash of features_file's bytes and of the texts, so a changed featurizer or text is a new entry;
+    cache_dir None computes every time. A file that cannot be read is computed again and rewritten."""
+
+    def __init__(self, features_file: Path, cache_dir: Path | None):
+        self.features_file, self.cache_dir = Path(features_file), cache_dir
+        self._featurizer: NgramFeaturizer | None = None
+
+    @property
+    def featurizer(self) -> NgramFeaturizer:
+        if self._featurizer is None:  # loaded once, and only when some rows are not in the cache
+            self._featurizer = NgramFeaturizer.load(self.features_file)
+        return self._featurizer
+
+    def features(self, texts_a: list[str], texts_b: list[str] | None = None):
+        from scipy import sparse
+
+        from stages.data.io import atomic_path, input_key
+
+        if self.cache_dir is None:
+            return self.featurizer.features(texts_a, texts_b)
+        path = Path(self.cache_dir) / f"rows-{input_key([self.features_file], {'a': texts_a, 'b': texts_b})}.npz"
+        if path.is_file():
+            try:
+                return sparse.load_npz(path).tocsr()
+            except (OSError, ValueError, KeyError):
+                pass  # torn or foreign: computed again below
+        rows = self.featurizer.features(texts_a, texts_b)
+        with atomic_path(path) as tmp:
+            sparse.save_npz(tmp, rows, compressed=False)
+        return rows
+
+
 def _read_config(model_dir: Path) -> dict:
     from stages.models.onnx_student import read_config
 

@@ -37,7 +37,9 @@ def compare_markdown(result: dict, task: Task) -> str:
              f"Every model on the same splits ({', '.join(f'{s} {n:,}' for s, n in result['splits'].items())}); "
              f"scores are mean ± sd over seeds where a model has seeds. Speed: {result['threads']} threads, "
              f"sentences/s at batch {result['batch_size']} over {result['throughput_sentences']:,} {split} sentences "
-             f"and the batch-1 p50 latency over {result['latency_sentences']}, the median of "
+             + (f"(a model whose pass runs past {result['max_timing_seconds']:g} s: the batches begun by then) "
+                if result.get("max_timing_seconds") else "")
+             + f"and the batch-1 p50 latency over {result['latency_sentences']}, the median of "
              f"{result['timing_rounds']} interleaved rounds; each model in its own runtime.", "",
              "| model | kind | runtime | seeds | " + " | ".join(columns)
              + " | sentences/s | × teacher int8 | p50 ms | disk MB | peak RSS MB | frontier |",
