@@ -15,9 +15,8 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Optional, Union
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
@@ -26,6 +25,9 @@ from stages import paths
 from stages.errors import StageError
 from stages.data.hub import check_hub_id, split_files
 from stages.data.tasks import Task, metrics_for, paper_defaults
+
+if TYPE_CHECKING:  # pandas is imported where a file is read: every stage imports this module, few read with it
+    import pandas as pd
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".parquet": None}
 SPLITS = ("train", "dev", "test")
@@ -173,6 +175,8 @@ def jsonl_record(line: str, number: int, where) -> dict | None:
 
 def read_file(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     """A whole file as a DataFrame whose index is the row number of each row in the file, for messages."""
+    import pandas as pd
+
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
@@ -205,6 +209,8 @@ def _text_column(values: pd.Series) -> pd.Series:
 def clean_split(df: pd.DataFrame, where: str, name: str, spec: DatasetSpec, split: str) -> tuple[pd.DataFrame, int]:
     """Columns text_a, text_b, label (its text, None where missing), idx (the row number); rows with an empty
     text dropped and counted. A missing column is an error, except the label of a test split."""
+    import pandas as pd
+
     needed = [*spec.text] + ([] if split == "test" else [spec.label])
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -241,6 +247,8 @@ def _split_sources(name: str, spec: DatasetSpec, hub_dir: str | None) -> dict[st
 
 def read_splits(name: str, spec: DatasetSpec, hub_dir: str | None = None) -> dict[str, tuple[pd.DataFrame, int]]:
     """Each given split as (clean rows, rows dropped for an empty text); df.attrs["source"] names the file(s)."""
+    import pandas as pd
+
     out = {}
     for split, files in _split_sources(name, spec, hub_dir).items():
         parts = [clean_split(read_file(f, spec.encoding), str(f), name, spec, split) for f in files]
