@@ -1,4 +1,4 @@
-"""The committed full-scale runs (runs/<task>-full/, docs/reproducing-the-paper.md): each one's dvc.lock must
+"""The committed runs (runs/<task>-full/, docs/reproducing-the-paper.md; runs/<task>-compare/, docs/compare.md): each one's dvc.lock must
 record exactly the params of its params.yaml, and its report must cover exactly that file's seeds, so no
 result in the README or docs/ can silently come from other settings than the committed file says."""
 
@@ -11,7 +11,7 @@ from ruamel.yaml import YAML
 from stages.params import load_params
 from tests.conftest import REPO
 
-RUNS = sorted(p for p in (REPO / "runs").glob("*-full") if p.is_dir())
+RUNS = sorted(p for pattern in ("*-full", "*-compare") for p in (REPO / "runs").glob(pattern) if p.is_dir())
 
 
 def _get(tree: dict, dotted: str):
@@ -20,8 +20,8 @@ def _get(tree: dict, dotted: str):
     return tree
 
 
-def test_there_are_full_scale_runs():
-    assert {p.name for p in RUNS} >= {"sst2-full", "mrpc-full", "rte-full"}
+def test_there_are_full_scale_and_compare_runs():
+    assert {p.name for p in RUNS} >= {"sst2-full", "mrpc-full", "rte-full", "mrpc-compare", "tweets-compare"}
 
 
 @pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
@@ -42,3 +42,18 @@ def test_a_committed_run_is_the_params_file_it_ships_with(run: Path):
         for seed in params.seeds:
             run_json = json.loads((run / "metrics" / task / kind / f"seed-{seed}" / "run.json").read_text())
             assert run_json["seed"] == seed and run_json["task"] == task
+
+
+@pytest.mark.parametrize("run", [r for r in RUNS if r.name.endswith("-compare")], ids=lambda p: p.name)
+def test_a_committed_compare_run_ranks_every_arch_of_its_params_over_its_seeds(run: Path):
+    params = load_params(run / "params.yaml")
+    (task,) = params.tasks
+    compare = json.loads((run / "metrics" / task / "compare.json").read_text())
+    students = {m["arch"]: m for m in compare["models"] if m["kind"] == "student"}
+    assert set(students) == set(params.archs)
+    for model in students.values():
+        assert model["seeds"] == params.seeds
+    shipped = [m["name"] for m in compare["models"] if m["shipped"]]
+    assert shipped == [compare["ship"]["name"]]
+    export = json.loads((run / "metrics" / task / "export.json").read_text())
+    assert export["arch"] == compare["ship"]["arch"] and export["seed"] == compare["ship"]["seed"]
