@@ -21,7 +21,7 @@ def _get(tree: dict, dotted: str):
 
 
 def test_there_are_full_scale_and_compare_runs():
-    assert {p.name for p in RUNS} >= {"sst2-full", "mrpc-full", "rte-full", "mrpc-compare", "tweets-compare"}
+    assert {p.name for p in RUNS} >= {"sst2-full", "mrpc-full", "rte-full", "mrpc-compare", "tweets-compare", "sst2-compare"}
 
 
 @pytest.mark.parametrize("run", RUNS, ids=lambda p: p.name)
@@ -38,10 +38,15 @@ def test_a_committed_run_is_the_params_file_it_ships_with(run: Path):
     assert trained == set(params.seeds)
     report = json.loads((run / "metrics" / task / "report.json").read_text())
     assert report["task"] == task and report["seeds"] == params.seeds
+    metrics = run / "metrics" / task
     for kind in ("student", "baseline"):
-        for seed in params.seeds:
-            run_json = json.loads((run / "metrics" / task / kind / f"seed-{seed}" / "run.json").read_text())
-            assert run_json["seed"] == seed and run_json["task"] == task
+        # runs since archs: <kind>/<arch>/seed-<n>/; the full-scale runs predate archs: <kind>/seed-<n>/
+        folders = ([metrics / kind / arch for arch in params.archs] if (metrics / kind / params.archs[0]).is_dir()
+                   else [metrics / kind])
+        for folder in folders:
+            for seed in params.seeds:
+                run_json = json.loads((folder / f"seed-{seed}" / "run.json").read_text())
+                assert run_json["seed"] == seed and run_json["task"] == task
 
 
 @pytest.mark.parametrize("run", [r for r in RUNS if r.name.endswith("-compare")], ids=lambda p: p.name)
