@@ -13,9 +13,10 @@ split, in file order against sorted by length.
 Training variants (each is the previous one plus one change):
 - `max-length fp32`: every batch padded to teacher.max_length, random order (the naive loop);
 - `dynamic fp32`: padded to the batch's longest row, random order;
-- `grouped fp32`: batches of similar lengths (transformers' LengthGroupedSampler, what the teacher stage uses);
-- `grouped fp32 fused`: the same with the fused AdamW kernel;
-- `grouped bf16`, `grouped bf16 fused`: under torch.autocast(bfloat16), as teacher.precision=bf16 runs.
+- `grouped fp32`: batches of similar lengths (transformers' LengthGroupedSampler, as the teacher stage batches);
+- `grouped fp32 fused`: the same with the fused AdamW kernel: the teacher stage's loop in fp32 (its optim);
+- `grouped bf16`, `grouped bf16 fused`: under torch.autocast(bfloat16); the fused one is the teacher stage's loop
+  under teacher.precision=bf16, so bf16's gain in the stage is `grouped bf16 fused` over `grouped fp32 fused`.
 
 Prints JSON: rows/s per variant (median over rounds), the ratio to the previous variant and to the naive loop
 (median of the per-round ratios), and the epoch time each rate implies.

@@ -58,6 +58,25 @@ def test_teacher_is_deterministic_on_cpu(tmp_path):
     assert torch.equal(a, b)
 
 
+def test_teacher_trains_with_the_fused_adamw_kernel(monkeypatch, tmp_path):
+    # transformers' default optimizer (adamw_torch_fused with torch >= 2.8) is the stage's: 1.15-1.17x a training
+    # step on a CPU (docs/label-precision.md); this fails if that default, or the stage's arguments, drop it
+    made = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.defaults["fused"])
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    task = get_task("sst2")
+    params = TeacherParams(epochs=1, batch_size=8, max_length=32, max_train_examples=8, evals_per_epoch=1,
+                           precision="fp32")
+    train_teacher(task, synthetic_raw(tmp_path / "raw", task), tmp_path / "teacher", params=params,
+                  device=torch.device("cpu"), seed=1)
+    assert made == [True]
+
+
 def test_teacher_precision_bf16_autocasts_training_and_is_recorded(monkeypatch, tmp_path):
     monkeypatch.setattr(precision_module, "cpu_bf16_instructions", lambda: ("avx512_bf16",))
     task = get_task("sst2")
