@@ -262,10 +262,10 @@ def test_a_compare_param_reruns_only_compare_and_what_reads_its_choice(tiny_proj
     params["compare"]["lr_c"] = 4.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     assert set(json.loads(run(["dvc", "status", "--json"], repo))) == {"check", "compare@sst2", "compare@nli"}
-    rerun = ran(run(["dvc", "repro"], repo))
-    # export reads compare.json (its timings are new numbers each run); nothing upstream, nor evaluate, reruns
-    assert {"compare@sst2", "compare@nli"} <= rerun <= {"check", "compare@sst2", "compare@nli", "export@sst2",
-                                                       "export@nli"}
+    # one task's rerun (each compare is ~18 s of timing): export reads compare.json (its timings are new numbers
+    # each run); nothing upstream, nor evaluate, reruns
+    rerun = ran(run(["dvc", "repro", "export@sst2"], repo))
+    assert {"compare@sst2"} <= rerun <= {"check", "compare@sst2", "export@sst2"}
 
 
 def test_the_model_card_says_what_the_shipped_model_beat_and_by_how_much():
