@@ -62,11 +62,11 @@ def main(tokens: str = typer.Option("7168,896", help="Comma-separated row counts
     generator = torch.Generator().manual_seed(0)
     out = {}
     for rows in (int(t) for t in tokens.split(",") if t.strip()):
-        tensors = {name: {p: tuple(t.to(dtype) for t in (torch.randn(rows, k, generator=generator),
-                                                          torch.randn(n, k, generator=generator),
-                                                          torch.randn(n, generator=generator)))
-                          for p, dtype in DTYPES.items()}
-                   for name, (k, n, _) in shapes.items()}
+        tensors = {}  # name -> precision -> (input, weight, bias): one draw, so both precisions multiply the same numbers
+        for name, (k, n, _) in shapes.items():
+            drawn = (torch.randn(rows, k, generator=generator), torch.randn(n, k, generator=generator),
+                     torch.randn(n, generator=generator))
+            tensors[name] = {p: tuple(t.to(dtype) for t in drawn) for p, dtype in DTYPES.items()}
         for per_precision in tensors.values():  # warm-up: oneDNN picks and caches its kernels per shape
             for x, w, b in per_precision.values():
                 for _ in range(3):

@@ -17,6 +17,7 @@ Runs on a CPU as well, slowly: a 0.5-epoch rt teacher is minutes on 2 cores.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import statistics
 import sys
@@ -53,21 +54,20 @@ def main(task: str = typer.Option("rt", help="Task whose train and dev splits to
     split, metric = t.selection_split, t.metrics[0]
     learning_rates = _floats(lrs) or [base.lr]
     runs = []
+    # precision innermost: interleaved, so a shared machine's load hits both alike
+    combinations = itertools.product(_floats(epochs), learning_rates, [int(s) for s in _floats(seeds)],
+                                     precisions.split(","))
     with tempfile.TemporaryDirectory(prefix="teacher-budget-") as tmp:
-        for budget in _floats(epochs):
-            for lr in learning_rates:
-                for seed in [int(s) for s in _floats(seeds)]:
-                    for precision in precisions.split(","):  # interleaved: a shared machine's load hits both alike
-                        knobs = base.model_copy(update={"epochs": budget, "precision": precision, "lr": lr,
-                                                        "lr_grid": [], "max_train_examples": max_train_examples or None})
-                        start = time.perf_counter()
-                        with contextlib.redirect_stdout(sys.stderr):  # the Trainer's log lines: stdout is the JSON
-                            found = train_teacher(t, paths.raw_dir(t.name), Path(tmp) / f"{budget}-{lr}-{precision}-{seed}",
-                                                  params=knobs, device=run_device, seed=seed)
-                        runs.append({"epochs": budget, "lr": lr, "precision_asked": precision,
-                                     "precision": found.get("precision"), "seed": seed, "dev": found[split][metric],
-                                     "seconds": round(time.perf_counter() - start, 1)})
-                        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+        for budget, lr, seed, precision in combinations:
+            knobs = base.model_copy(update={"epochs": budget, "precision": precision, "lr": lr, "lr_grid": [],
+                                            "max_train_examples": max_train_examples or None})
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(sys.stderr):  # the Trainer's log lines: stdout is the JSON
+                found = train_teacher(t, paths.raw_dir(t.name), Path(tmp) / f"{budget}-{lr}-{precision}-{seed}",
+                                      params=knobs, device=run_device, seed=seed)
+            runs.append({"epochs": budget, "lr": lr, "precision_asked": precision, "precision": found.get("precision"),
+                         "seed": seed, "dev": found[split][metric], "seconds": round(time.perf_counter() - start, 1)})
+            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["epochs"], r["lr"], r["precision_asked"]), []).append(r)
@@ -75,7 +75,7 @@ def main(task: str = typer.Option("rt", help="Task whose train and dev splits to
                 "dev_sd": statistics.stdev(r["dev"] for r in rs) if len(rs) > 1 else None,
                 "seconds_median": statistics.median(r["seconds"] for r in rs)} for (e, lr, p), rs in groups.items()]
     gaps = []
-    for budget, lr in ((b, lr) for b in _floats(epochs) for lr in learning_rates):
+    for budget, lr in itertools.product(_floats(epochs), learning_rates):
         fp32, bf16 = groups.get((budget, lr, "fp32")), groups.get((budget, lr, "bf16"))
         if fp32 and bf16 and len(fp32) > 1 and len(bf16) > 1:
             test = stats.ttest_ind([r["dev"] for r in bf16], [r["dev"] for r in fp32], equal_var=False)

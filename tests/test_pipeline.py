@@ -65,8 +65,8 @@ def test_first_repro_runs_every_stage_once_and_writes_every_output(tiny_project)
 def test_reruns_touch_only_what_a_change_reaches(tiny_project, tmp_path):
     """Nothing reruns on an unchanged project; changed unlabeled text of one task rebuilds its transfer set and
     puts its labels (and so what follows them) out of date, never its download or teacher, and no stage of the
-    other task; a changed declared-dataset
-    param makes that dataset's stages, and none of the other task's, out of date."""
+    other task; a changed declared-dataset param makes that dataset's stages, and none of the other task's, out
+    of date."""
     repo = copy_built(tiny_project, tmp_path)
     second = run(["dvc", "repro"], repo)
     assert ran(second) == set() and "Data and pipelines are up to date" in second
