@@ -148,6 +148,9 @@ class NgramParams(Section):
     hash_bits: Int = Field(18, ge=4, le=24)    # hashing only: columns per analyzer
     sublinear_tf: StrictBool = True            # 1 + log(tf) in place of tf
     max_chars: Int = Field(1000, ge=1)          # characters of a text read (longer texts are cut)
+    # 0: one linear layer; > 0: ReLU(x @ W + b) -> dropout -> Linear, fastText's shape (docs/students.md)
+    hidden: Int = Field(0, ge=0)
+    dropout: Float = Field(0.0, ge=0, lt=1)   # on the hidden layer only
     # the linear model's own optimiser, in place of distill.optimizer and distill.lr (null: distill's): Adadelta at
     # lr 1.0, right for the BiLSTM, underfits a 100,000-column linear layer (docs/students.md)
     optimizer: Optional[Literal["adadelta", "adam"]] = "adam"

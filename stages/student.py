@@ -172,8 +172,10 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 # --------------------------------------------------------------------------- training
 
 
-def make_optimizer(model: StudentClassifier, distill: DistillParams) -> torch.optim.Optimizer:
-    trainable = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: torch.nn.Module, distill: DistillParams, skip: list | None = None) -> torch.optim.Optimizer:
+    """distill.optimizer over the model's trainable parameters except `skip`."""
+    skipped = {id(p) for p in skip or ()}
+    trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in skipped]
     # foreach: one multi-tensor kernel per update op instead of one per parameter (~8% faster per step on
     # a 2-core CPU, measured with benchmarks/student_throughput.py; CUDA already defaults to it)
     if distill.optimizer == "adadelta":
@@ -447,11 +449,12 @@ def _bag_dev(task: Task, model: torch.nn.Module, x_evals: dict, eval_tables: dic
     return dev, dev_loss
 
 
-def _bag_model(arch: str, n_features: int, task: Task, knobs) -> torch.nn.Module:
+def _bag_model(arch: str, n_features: int, task: Task, knobs, distill: DistillParams) -> torch.nn.Module:
     from stages.models.bag_model import SparseLinear, StaticHead
 
-    if arch == "ngram":
-        return SparseLinear(n_features, task.num_labels)
+    if arch == "ngram":  # the hidden layer's columns x hidden table takes sparse gradients under Adam
+        return SparseLinear(n_features, task.num_labels, knobs.hidden, knobs.dropout,
+                            sparse=knobs.hidden > 0 and distill.optimizer == "adam")
     return StaticHead(n_features, task.num_labels, knobs.hidden, knobs.dropout)
 
 
@@ -462,7 +465,7 @@ def _save_bag(arch: str, model: torch.nn.Module, inputs_dir: Path, out_dir: Path
         if arch == "ngram":
             from stages.models import ngram_model
 
-            ngram_model.save(tmp, Path(inputs_dir) / ngram_model.FEATURES_FILE, *model.layers(), config)
+            ngram_model.save(tmp, Path(inputs_dir) / ngram_model.FEATURES_FILE, model.layers(), config)
         else:
             from stages.models import static_model
 
@@ -473,7 +476,9 @@ def _save_bag(arch: str, model: torch.nn.Module, inputs_dir: Path, out_dir: Path
 def _bag_epochs(task: Task, arch: str, model, data: dict, distill: DistillParams, *, seed: int, alpha: float,
                 batch_size: int, device: torch.device, live) -> tuple[dict, int]:
     """Train for up to distill.epochs with early stopping on the selection split; (best, epochs run)."""
-    optimizer = make_optimizer(model, distill)
+    from stages.models.bag_model import bag_optimizer, sparse_tables
+
+    optimizer = bag_optimizer(model, make_optimizer(model, distill, skip=sparse_tables(model)), distill.lr)
     generator = torch.Generator().manual_seed(seed)
     selection, metric = task.selection_split, task.metrics[0]
     best = {"score": (-np.inf, -np.inf), "epoch": 0, "state": None, "dev": None}
@@ -525,7 +530,7 @@ def train_bag_student(task: Task, arch: str, train_path: Path, dev_dir: Path, in
             "targets": {"labels": torch.from_numpy(train_table.labels).to(device),
                         "teacher": torch.from_numpy(train_table.logits).to(device)
                         if train_table.logits is not None else None}}
-    model = _bag_model(arch, data["x"].shape[1], task, knobs).to(device)
+    model = _bag_model(arch, data["x"].shape[1], task, knobs, distill).to(device)
     batch_size = distill.batch_size or task.student_batch_size
     live = _open_live(live_dir)
     try:

@@ -81,6 +81,63 @@ def test_the_ngram_student_reproduces_what_it_is_fitted_to(separable, tmp_path, 
         assert metrics["dev"]["accuracy"] == 1.0  # the teacher's rule is the dev labels' rule
 
 
+def test_the_hidden_layer_ngram_fits_the_teacher_and_its_onnx_graph_computes_what_numpy_does(separable, tmp_path):
+    """ngram.hidden 8: weights.npz holds W (columns x 8), b, W1 (8 x 2) and b1; the student reproduces the teacher's
+    label of every training sentence; the exported graph (ReLU between the layers) gives numpy's logits; a W1 of
+    the wrong shape is an error naming it."""
+    from stages.models import ngram_model
+
+    metrics = train_bag_student(get_task("rt"), "ngram", separable / "labeled.parquet", separable / "raw",
+                                separable / "inputs", tmp_path / "m", knobs=NgramParams(min_df=1, hidden=8, dropout=0.1,
+                                                                                        **DISTILL_OBJECTIVE),
+                                distill=DistillParams(alpha=0.0, batch_size=10, epochs=6, patience=6, optimizer="adam",
+                                                      lr=0.03), device=CPU, seed=0, use_teacher_logits=True)
+    columns = metrics["vocab_size"]
+    with np.load(tmp_path / "m" / "weights.npz") as saved:
+        assert {k: saved[k].shape for k in saved.files} == {"W": (columns, 8), "b": (8,), "W1": (8, 2), "b1": (2,)}
+    table = pq.read_table(separable / "labeled.parquet").to_pydict()
+    student = ngram_model.NgramStudent(tmp_path / "m")
+    logits = student.compute_logits(table["text_a"], None, 64)
+    assert (logits.argmax(1) == np.array(table["teacher_label"])).all()
+    (tmp_path / "export").mkdir()
+    config = ngram_model.export(tmp_path / "m", tmp_path / "export")
+    assert config["params_all"] == columns * 8 + 8 + 8 * 2 + 2
+    onnx_logits = ngram_model.OnnxNgram(tmp_path / "export").compute_logits(table["text_a"], None, 64)
+    np.testing.assert_allclose(onnx_logits, logits, atol=1e-4)
+    with np.load(tmp_path / "m" / "weights.npz") as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    np.savez(tmp_path / "m" / "weights.npz", **{**arrays, "W1": arrays["W1"][:4]})
+    with pytest.raises(StageError, match=r"W1 has shape \(4, 2\), the features and labels make \(8, 2\)"):
+        ngram_model.NgramStudent(tmp_path / "m")
+
+
+def test_a_hidden_layer_step_under_adam_moves_only_the_batchs_ngram_rows():
+    """The hidden layer's columns x hidden table takes sparse gradients (SparseAdam: lazy Adam), so each step
+    changes exactly the rows of the n-grams in its batch (dense Adam would keep moving the first batch's rows on
+    their momentum), and the dense head moves too; without a hidden layer, or under Adadelta, nothing is sparse."""
+    from stages.models.bag_model import bag_optimizer, sparse_tables
+    from stages.student import _bag_model, make_optimizer
+
+    task, distill = get_task("rt"), DistillParams(optimizer="adam", lr=0.01)
+    model = _bag_model("ngram", 10, task, NgramParams(hidden=4), distill)
+    assert sparse_tables(model) == [model.bag.weight]
+    optimizer = bag_optimizer(model, make_optimizer(model, distill, skip=sparse_tables(model)), distill.lr)
+
+    def step(indices: list[int], offsets: list[int], labels: list[int]) -> tuple[list[int], bool]:
+        table, head = model.bag.weight.detach().clone(), model.out.weight.detach().clone()
+        optimizer.zero_grad()
+        logits = model(torch.tensor(indices), torch.tensor(offsets), torch.ones(len(indices)))
+        torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).backward()
+        optimizer.step()
+        moved = (model.bag.weight.detach() != table).any(1).nonzero().flatten().tolist()
+        return moved, not torch.equal(model.out.weight.detach(), head)
+
+    assert step([1, 3, 3], [0, 1], [0, 1]) == ([1, 3], True)
+    assert step([5], [0], [1]) == ([5], True)
+    assert sparse_tables(_bag_model("ngram", 10, task, NgramParams(hidden=0), distill)) == []
+    assert sparse_tables(_bag_model("ngram", 10, task, NgramParams(hidden=4), DistillParams(optimizer="adadelta"))) == []
+
+
 def test_ngram_sets_its_own_optimiser_and_objective_and_null_gives_back_distills():
     assert NgramParams().distill_overrides() == {"optimizer": "adam", "lr": 0.01, "alpha": 0.5, "loss": "kl",
                                                  "temperature": 2.0}

@@ -2,7 +2,11 @@
 (stages/models/ngram_model.py, static_model.py, bag_onnx.py).
 
 - `SparseLinear` (ngram): logits = x @ W + b over a batch of CSR rows (an EmbeddingBag in sum mode with the
-  tf-idf values as per-sample weights), W starting at zero.
+  tf-idf values as per-sample weights), W starting at zero; with `hidden` > 0, fastText's shape instead:
+  h = ReLU(x @ W + b) (W: columns x hidden, drawn from N(0, 0.1²)) -> dropout -> logits = h @ W1 + b1; W then
+  takes sparse gradients (only the batch's n-gram rows), for `bag_optimizer`'s SparseAdam.
+- `bag_optimizer`: the arch's optimiser over the dense parameters plus, for sparse ones, SparseAdam (lazy Adam: a row's moments
+  move only when a batch holds its n-gram), so a step costs the batch's rows, not the whole columns x hidden table.
 - `StaticHead` (static): the sentence vectors (mean-pooled frozen embeddings, or the pair features), computed once
   before training, -> Linear -> ReLU -> dropout -> Linear (or one Linear when hidden is 0).
 """
@@ -16,18 +20,57 @@ from torch import nn
 
 
 class SparseLinear(nn.Module):
-    def __init__(self, columns: int, num_labels: int):
+    def __init__(self, columns: int, num_labels: int, hidden: int = 0, dropout: float = 0.0, sparse: bool = False):
         super().__init__()
-        self.bag = nn.EmbeddingBag(columns, num_labels, mode="sum")
-        nn.init.zeros_(self.bag.weight)
-        self.bias = nn.Parameter(torch.zeros(num_labels))
+        self.bag = nn.EmbeddingBag(columns, hidden or num_labels, mode="sum", sparse=sparse)
+        if hidden:
+            nn.init.normal_(self.bag.weight, std=0.1)
+        else:
+            nn.init.zeros_(self.bag.weight)
+        self.bias = nn.Parameter(torch.zeros(hidden or num_labels))
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, num_labels) if hidden else None
 
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return self.bag(indices, offsets, per_sample_weights=weights) + self.bias
+        x = self.bag(indices, offsets, per_sample_weights=weights) + self.bias
+        if self.out is not None:
+            x = self.out(self.dropout(F.relu(x)))
+        return x
 
-    def layers(self) -> tuple[np.ndarray, np.ndarray]:
-        """(W (columns, labels), b), as ngram_model.save stores them."""
-        return self.bag.weight.detach().cpu().numpy(), self.bias.detach().cpu().numpy()
+    def layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(W (columns, hidden or labels), b)] and, with a hidden layer, (W1 (hidden, labels), b1), as
+        ngram_model.save stores them."""
+        out = [(self.bag.weight.detach().cpu().numpy(), self.bias.detach().cpu().numpy())]
+        if self.out is not None:
+            out.append((self.out.weight.detach().cpu().numpy().T, self.out.bias.detach().cpu().numpy()))
+        return out
+
+
+class _Optimizers:
+    """Several optimisers stepped as one (no checkpointing: the bag students train in minutes)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def sparse_tables(model: nn.Module) -> list[nn.Parameter]:
+    """The model's tables that take sparse gradients."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.EmbeddingBag) and m.sparse]
+
+
+def bag_optimizer(model: nn.Module, dense: torch.optim.Optimizer, lr: float):
+    """`dense` (built over the parameters outside sparse_tables) alone, or stepped with SparseAdam at `lr` over
+    the sparse tables."""
+    sparse = sparse_tables(model)
+    return _Optimizers(dense, torch.optim.SparseAdam(sparse, lr=lr)) if sparse else dense
 
 
 class StaticHead(nn.Module):

@@ -1,5 +1,6 @@
-"""The n-gram student: a linear layer over tf-idf word and character n-grams, trained on the teacher's logits
-(the `student` stage, with every `distill:` knob) or on gold labels (the `baseline` stage).
+"""The n-gram student: a linear layer over tf-idf word and character n-grams (or, with `ngram.hidden` > 0, one
+hidden ReLU layer on them, fastText's shape), trained on the teacher's logits (the `student` stage, with every
+`distill:` knob) or on gold labels (the `baseline` stage).
 
 Features (params.yaml `ngram:`; scikit-learn's analyzers): word n-grams (the student's WORD_PATTERN words,
 lower-cased) and character n-grams inside word boundaries (`char_wb`), each analyzer either a vocabulary (the
@@ -10,8 +11,10 @@ MASK (augmented rows) is read as a space. Pairs: [x_a, x_b, x_a * x_b] (the two 
 and their element-wise product, which is non-zero on the n-grams they share): 3 x the columns.
 
 Files (a model directory and an export directory alike): features.json (settings, vocabularies, idf),
-weights.npz (W: columns x labels, b: labels) and config.json; the export adds model.onnx and model.int8.onnx
-(stages/models/bag_onnx.py: the same sum over a sentence's columns, W's rows weighted by its tf-idf values).
+weights.npz (W: columns x labels, b: labels; with a hidden layer W: columns x hidden, b: hidden, W1: hidden x
+labels, b1: labels) and config.json; the export adds model.onnx and model.int8.onnx
+(stages/models/bag_onnx.py: the same sum over a sentence's columns, W's rows weighted by its tf-idf values, then
+b, and ReLU, W1 and b1 where there is a hidden layer).
 Inference needs numpy, scipy and scikit-learn, never PyTorch.
 """
 
@@ -172,12 +175,15 @@ def _check(model_dir: Path, names: tuple[str, ...], what: str) -> None:
         raise StageError(f"{model_dir} is not {what} (missing {', '.join(missing)})")
 
 
-def save(out_dir: Path, features_file: Path, weight: np.ndarray, bias: np.ndarray, config: dict) -> None:
+def save(out_dir: Path, features_file: Path, layers: list[tuple[np.ndarray, np.ndarray]], config: dict) -> None:
     """A trained n-gram student in out_dir (an existing temporary directory: the caller renames it), with the
-    featurizer it was trained with (features_file, the inputs stage's)."""
+    featurizer it was trained with (features_file, the inputs stage's). layers: [(W, b)] or [(W, b), (W1, b1)]."""
     out_dir = Path(out_dir)
     shutil.copy(features_file, out_dir / FEATURES_FILE)
-    np.savez(out_dir / WEIGHTS_FILE, W=np.asarray(weight, np.float32), b=np.asarray(bias, np.float32))
+    arrays = {}
+    for i, (weight, bias) in enumerate(layers):
+        arrays[f"W{i or ''}"], arrays[f"b{i or ''}"] = np.asarray(weight, np.float32), np.asarray(bias, np.float32)
+    np.savez(out_dir / WEIGHTS_FILE, **arrays)
     (out_dir / CONFIG_FILE).write_text(json.dumps({**config, "arch": ARCH}, indent=2) + "\n")
 
 
@@ -191,25 +197,41 @@ class _Ngram(Predictor):
 
 
 class NgramStudent(_Ngram):
-    """A trained n-gram student from its directory: numpy and scipy (features @ W + b)."""
+    """A trained n-gram student from its directory: numpy and scipy (features @ W + b, then ReLU, @ W1 + b1 where
+    there is a hidden layer)."""
 
     def __init__(self, model_dir: Path, device=None):  # device: the registry's signature; numpy runs on the CPU
         model_dir = Path(model_dir)
+        path = model_dir / WEIGHTS_FILE
         _check(model_dir, (FEATURES_FILE, WEIGHTS_FILE, CONFIG_FILE), "a saved n-gram student")
         self.config = _read_config(model_dir)
         self.featurizer = NgramFeaturizer.load(model_dir / FEATURES_FILE)
         try:
-            with np.load(model_dir / WEIGHTS_FILE) as saved:
-                self.weight, self.bias = saved["W"], saved["b"]
+            with np.load(path) as saved:
+                self.layers = [(saved["W"], saved["b"])] + ([(saved["W1"], saved["b1"])] if "W1" in saved else [])
         except (OSError, ValueError, KeyError) as e:
-            raise StageError(f"{model_dir / WEIGHTS_FILE} is not an n-gram student's weights ({e})") from None
-        width = self.featurizer.width * (3 if self.config["pair"] else 1)
-        if self.weight.shape != (width, self.config["num_labels"]):
-            raise StageError(f"{model_dir / WEIGHTS_FILE}: W has shape {self.weight.shape}, the features and labels "
-                             f"make {(width, self.config['num_labels'])}")
+            raise StageError(f"{path} is not an n-gram student's weights ({e})") from None
+        width, labels = self.featurizer.width * (3 if self.config["pair"] else 1), self.config["num_labels"]
+        (weight, bias), (out_weight, out_bias) = self.layers[0], self.layers[-1]
+        hidden = weight.shape[1] if len(self.layers) > 1 else labels
+        for name, array, shape in (("W", weight, (width, hidden)), ("b", bias, (hidden,)),
+                                   ("W1", out_weight, (hidden, labels)), ("b1", out_bias, (labels,))):
+            if name.endswith("1") and len(self.layers) == 1:
+                continue
+            if array.shape != shape:
+                raise StageError(f"{path}: {name} has shape {array.shape}, the features and labels make {shape}")
+
+    @property
+    def size(self) -> int:
+        """The number of parameters."""
+        return int(sum(w.size + b.size for w, b in self.layers))
 
     def compute_logits(self, texts_a: list[str], texts_b: list[str] | None, batch_size: int) -> np.ndarray:
-        return np.asarray(self.features(texts_a, texts_b) @ self.weight + self.bias, np.float32)
+        (weight, bias), rest = self.layers[0], self.layers[1:]
+        h = np.asarray(self.features(texts_a, texts_b) @ weight + bias, np.float32)
+        for out_weight, out_bias in rest:
+            h = np.maximum(h, 0) @ out_weight + out_bias
+        return np.asarray(h, np.float32)
 
 
 class OnnxNgram(_Ngram):
@@ -235,7 +257,8 @@ def export(model_dir: Path, out_dir: Path) -> dict:
     """Write the export files of the student in model_dir into out_dir (an existing directory): model.onnx,
     model.int8.onnx, features.json, config.json. Returns the config written (with parameter counts)."""
     student = NgramStudent(model_dir)
-    size = int(student.weight.size + student.bias.size)
-    return write_export(Path(out_dir), student.weight, [(None, student.bias)], pair_features=False,
-                        copy=Path(model_dir) / FEATURES_FILE, config={**student.config, "inputs": bag_inputs(False),
-                                                                      "params_all": size, "params_without_embeddings": size})
+    (table, bias), rest = student.layers[0], student.layers[1:]
+    return write_export(Path(out_dir), table, [(None, bias), *rest], pair_features=False,
+                        copy=Path(model_dir) / FEATURES_FILE,
+                        config={**student.config, "inputs": bag_inputs(False), "params_all": student.size,
+                                "params_without_embeddings": student.size})

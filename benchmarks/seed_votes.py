@@ -1,0 +1,111 @@
+"""How much `compare`'s McNemar verdict depends on which seeds: a bag student (ngram or static) trained over many
+seeds against TF-IDF + LR, and the McNemar p-value of every k-seed majority vote.
+
+    python benchmarks/seed_votes.py --task rt --seeds 1-10 --k 5
+    python benchmarks/seed_votes.py --task rt --seeds 1-10 --k 5 --set '{"hidden": 64, "dropout": 0.3, "lr": 0.005}'
+
+Reads what `dvc repro compare@<task>` leaves (data/raw/<task>/, the labelled transfer set, models/inputs/<task>/<arch>/)
+and params.yaml. Trains the distilled student once per seed in this process with the student stage's own code
+(stages/student.py's train_bag_student; `--set` overrides the arch's knobs), fits TF-IDF + LR on the gold training
+split as `compare` does (the `compare:` knobs), and prints JSON: per scored split (dev, and test where its labels
+are known) each seed's score, their mean ± sd, the one-sample t against TF-IDF + LR, the McNemar test of the vote
+of all the seeds, and over every k-seed subset the number whose vote passes p < 0.05, with the median, min and
+max p-value (stages/report/statistics.py: majority_vote, mcnemar_test, as `compare` uses them).
+
+This answers "is the win of a five-seed vote a property of the model or of the five seeds" (docs/students.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from stages import paths
+from stages.data.io import RAW_SCHEMA, read_parquet
+from stages.data.tasks import get_task
+from stages.models import alternatives
+from stages.models.registry import load_predictor
+from stages.params import load_params
+from stages.report.statistics import majority_vote, mcnemar_test, one_sample_t_test
+from stages.student import train_bag_student
+
+SIGNIFICANCE = 0.05
+
+
+def _seeds(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        out += list(range(int(low), int(high or low) + 1))
+    return out
+
+
+def _read(raw_dir: Path, split: str, pair: bool) -> tuple[list[str], list[str] | None, np.ndarray]:
+    table = read_parquet(raw_dir / f"{split}.parquet", RAW_SCHEMA, hint="run `dvc repro download` first")
+    return (table["text_a"].to_pylist(), table["text_b"].to_pylist() if pair else None, table["label"].to_numpy())
+
+
+def main(task: str = typer.Option("rt", help="Task whose splits, transfer set and inputs to use."),
+         arch: str = typer.Option("ngram", help="ngram | static."),
+         seeds: str = typer.Option("1-10", help="Seeds, e.g. 1-10 or 1,2,3."),
+         k: int = typer.Option(5, help="Seeds per vote (params.yaml's default is 5)."),
+         set_: str = typer.Option("{}", "--set", help="JSON overrides of the arch's knobs (params.yaml `ngram:`/`static:`)."),
+         params: Path = typer.Option(Path("params.yaml"))) -> None:
+    p, spec = load_params(params), get_task(task)
+    seed_list = _seeds(seeds)
+    if not 1 <= k <= len(seed_list):
+        raise typer.BadParameter(f"--k {k}: must be between 1 and the {len(seed_list)} seeds given")
+    knobs = getattr(p, arch).model_copy(update=json.loads(set_))
+    raw = paths.raw_dir(task)
+    splits = {s: _read(raw, s, spec.is_pair) for s in spec.eval_splits}
+    for s in spec.test_splits:
+        if (raw / f"{s}.parquet").exists():
+            split = _read(raw, s, spec.is_pair)
+            if len(split[2]) and (split[2] >= 0).all():
+                splits[s] = split
+    texts_a, texts_b, labels = _read(raw, "train", spec.is_pair)
+    known = labels >= 0
+    tfidf = alternatives.fit_logistic(
+        alternatives.TfidfFeatures(p.compare.tfidf_word_ngrams, p.compare.tfidf_char_ngrams, p.compare.tfidf_min_df,
+                                   spec.is_pair),
+        [t for t, ok in zip(texts_a, known) if ok], [t for t, ok in zip(texts_b, known) if ok] if texts_b else None,
+        labels[known], c=p.compare.lr_c, max_iter=p.compare.lr_max_iter)
+    reference = {s: tfidf.predict_proba(a, b, 512).argmax(-1) for s, (a, b, _) in splits.items()}
+    proba = {s: [] for s in splits}
+    start = time.perf_counter()
+    for seed in seed_list:
+        with tempfile.TemporaryDirectory() as tmp:
+            train_bag_student(spec, arch, paths.labeled_file(task), raw, paths.inputs_dir(task, arch), Path(tmp) / "m",
+                              knobs=knobs, distill=p.distill, device=torch.device("cpu"), seed=seed,
+                              use_teacher_logits=True,
+                              features_cache=paths.cache_dir("ngram-features") / task if arch == "ngram" else None)
+            student = load_predictor(Path(tmp) / "m")
+            for s, (a, b, _) in splits.items():
+                proba[s].append(student.predict_proba(a, b, 512))
+    out = {"task": task, "arch": arch, "knobs": json.loads(set_), "seeds": seed_list, "k": k,
+           "train_seconds": round(time.perf_counter() - start, 1), "splits": {}}
+    for s, (_, _, gold) in splits.items():
+        scores = [100 * float((pr.argmax(-1) == gold).mean()) for pr in proba[s]]
+        base = 100 * float((reference[s] == gold).mean())
+        votes = [mcnemar_test(gold, majority_vote([proba[s][i] for i in subset]), reference[s])["p_value"]
+                 for subset in itertools.combinations(range(len(seed_list)), k)]
+        out["splits"][s] = {
+            "scores": [round(x, 2) for x in scores], "mean": round(statistics.fmean(scores), 2),
+            "sd": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0, "tfidf_lr": round(base, 2),
+            "one_sample_t_p": one_sample_t_test([x / 100 for x in scores], base / 100)["p_value"],
+            "vote_of_all": mcnemar_test(gold, majority_vote(proba[s]), reference[s]),
+            f"votes_of_{k}": {"count": len(votes), "passing": sum(v < SIGNIFICANCE for v in votes),
+                              "median_p": statistics.median(votes), "min_p": min(votes), "max_p": max(votes)}}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    typer.run(main)
