@@ -24,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import typer
 
 from stages import paths
-from stages.data.io import RAW_SCHEMA, read_parquet
+from stages.compare import read_split, scored_splits
 from stages.data.tasks import get_task
 from stages.models import alternatives
 from stages.models.registry import load_predictor
@@ -48,11 +47,6 @@ def _seeds(text: str) -> list[int]:
     return out
 
 
-def _read(raw_dir: Path, split: str, pair: bool) -> tuple[list[str], list[str] | None, np.ndarray]:
-    table = read_parquet(raw_dir / f"{split}.parquet", RAW_SCHEMA, hint="run `dvc repro download` first")
-    return (table["text_a"].to_pylist(), table["text_b"].to_pylist() if pair else None, table["label"].to_numpy())
-
-
 def main(task: str = typer.Option("rt", help="Task whose splits, transfer set and inputs to use."),
          arch: str = typer.Option("ngram", help="ngram | static."),
          seeds: str = typer.Option("1-10", help="Seeds, e.g. 1-10 or 1,2,3."),
@@ -65,20 +59,16 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
         raise typer.BadParameter(f"--k {k}: must be between 1 and the {len(seed_list)} seeds given")
     knobs = getattr(p, arch).model_copy(update=json.loads(set_))
     raw = paths.raw_dir(task)
-    splits = {s: _read(raw, s, spec.is_pair) for s in spec.eval_splits}
-    for s in spec.test_splits:
-        if (raw / f"{s}.parquet").exists():
-            split = _read(raw, s, spec.is_pair)
-            if len(split[2]) and (split[2] >= 0).all():
-                splits[s] = split
-    texts_a, texts_b, labels = _read(raw, "train", spec.is_pair)
-    known = labels >= 0
+    splits = scored_splits(spec, raw)
+    train = read_split(spec, raw, "train")
+    known = train.labels >= 0
     tfidf = alternatives.fit_logistic(
         alternatives.TfidfFeatures(p.compare.tfidf_word_ngrams, p.compare.tfidf_char_ngrams, p.compare.tfidf_min_df,
                                    spec.is_pair),
-        [t for t, ok in zip(texts_a, known) if ok], [t for t, ok in zip(texts_b, known) if ok] if texts_b else None,
-        labels[known], c=p.compare.lr_c, max_iter=p.compare.lr_max_iter)
-    reference = {s: tfidf.predict_proba(a, b, 512).argmax(-1) for s, (a, b, _) in splits.items()}
+        [t for t, ok in zip(train.texts_a, known) if ok],
+        [t for t, ok in zip(train.texts_b, known) if ok] if train.texts_b is not None else None,
+        train.labels[known], c=p.compare.lr_c, max_iter=p.compare.lr_max_iter)
+    reference = {s: tfidf.predict_proba(split.texts_a, split.texts_b, 512).argmax(-1) for s, split in splits.items()}
     proba = {s: [] for s in splits}
     start = time.perf_counter()
     for seed in seed_list:
@@ -88,11 +78,12 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
                               use_teacher_logits=True,
                               features_cache=paths.cache_dir("ngram-features") / task if arch == "ngram" else None)
             student = load_predictor(Path(tmp) / "m")
-            for s, (a, b, _) in splits.items():
-                proba[s].append(student.predict_proba(a, b, 512))
+            for s, split in splits.items():
+                proba[s].append(student.predict_proba(split.texts_a, split.texts_b, 512))
     out = {"task": task, "arch": arch, "knobs": json.loads(set_), "seeds": seed_list, "k": k,
            "train_seconds": round(time.perf_counter() - start, 1), "splits": {}}
-    for s, (_, _, gold) in splits.items():
+    for s, split in splits.items():
+        gold = split.labels
         scores = [100 * float((pr.argmax(-1) == gold).mean()) for pr in proba[s]]
         base = 100 * float((reference[s] == gold).mean())
         votes = [mcnemar_test(gold, majority_vote([proba[s][i] for i in subset]), reference[s])["p_value"]

@@ -56,7 +56,7 @@ SIGNIFICANCE = 0.05
 
 
 @dataclass
-class _Split:
+class Split:
     texts_a: list[str]
     texts_b: list[str] | None
     labels: np.ndarray
@@ -77,24 +77,25 @@ class _Model:
     fit_seconds: float | None = None  # fitted here (the regressions): how long the fit took
 
 
-def _split(task: Task, raw_dir: Path, split: str) -> _Split:
+def read_split(task: Task, raw_dir: Path, split: str) -> Split:
+    """One split of raw_dir as texts and labels (-1: unknown)."""
     table = read_parquet(Path(raw_dir) / f"{split}.parquet", RAW_SCHEMA, hint="run the download stage first")
-    return _Split(table["text_a"].to_pylist(), table["text_b"].to_pylist() if task.is_pair else None,
+    return Split(table["text_a"].to_pylist(), table["text_b"].to_pylist() if task.is_pair else None,
                   table["label"].to_numpy())
 
 
-def _scored_splits(task: Task, raw_dir: Path) -> dict[str, _Split]:
+def scored_splits(task: Task, raw_dir: Path) -> dict[str, Split]:
     """Every eval split, and every test split that exists with all its labels known (GLUE's are hidden)."""
-    splits = {s: _split(task, raw_dir, s) for s in task.eval_splits}
+    splits = {s: read_split(task, raw_dir, s) for s in task.eval_splits}
     for s in task.test_splits:
         if (Path(raw_dir) / f"{s}.parquet").exists():
-            table = _split(task, raw_dir, s)
+            table = read_split(task, raw_dir, s)
             if len(table.labels) and (table.labels >= 0).all():
                 splits[s] = table
     return splits
 
 
-def _predict_all(model: _Model, predictor, seed, splits: dict[str, _Split], batch_size: int) -> None:
+def _predict_all(model: _Model, predictor, seed, splits: dict[str, Split], batch_size: int) -> None:
     for name, s in splits.items():
         model.proba.setdefault(name, {})[seed] = predictor.predict_proba(s.texts_a, s.texts_b, batch_size)
 
@@ -135,7 +136,7 @@ def _load(dotted: str) -> Callable:
 
 def _alternatives(task: Task, raw_dir: Path, static_dir: Path, splits, work: Path, p: CompareParams,
                   skipped: list[dict]) -> list[_Model]:
-    train = _split(task, raw_dir, "train")
+    train = read_split(task, raw_dir, "train")
     known = train.labels >= 0
     texts_a = [t for t, k in zip(train.texts_a, known) if k]
     texts_b = [t for t, k in zip(train.texts_b, known) if k] if train.texts_b is not None else None
@@ -178,7 +179,7 @@ def _teacher(teacher_dir: Path, splits, work: Path, p: CompareParams, max_length
     return out
 
 
-def _score(task: Task, model: _Model, splits: dict[str, _Split]) -> None:
+def _score(task: Task, model: _Model, splits: dict[str, Split]) -> None:
     """model.metrics[split][seed] = the task's metrics of that seed's predictions (seed None: deterministic)."""
     model.metrics = {split: {seed: task_metrics(task, splits[split].labels, proba.argmax(-1))
                              for seed, proba in by_seed.items()} for split, by_seed in model.proba.items()}
@@ -302,7 +303,7 @@ def compare(task: Task, raw_dir: Path, teacher_dir: Path, static_dir: Path,
             max_length: int = 128) -> dict:
     """compare.json's content. runs: {"student" | "baseline": {arch: {seed: (model_dir, run_dir)}}}."""
     torch.set_num_threads(params.threads)
-    splits = _scored_splits(task, raw_dir)
+    splits = scored_splits(task, raw_dir)
     selection = task.selection_split
     skipped: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="compare-") as tmp:

@@ -126,8 +126,12 @@ def test_a_killed_ray_actor_ends_label_with_one_error_line_and_a_rerun_labels_on
     assert (summary["rows_reused_from_cache"], summary["rows_labeled_now"]) == (done, _rows(repo) - done)
     ray_out, local_out = pq.read_table(repo / LABELED), pq.read_table(pa.BufferReader(local))
     assert ray_out.drop_columns(["logits"]).equals(local_out.drop_columns(["logits"]))  # rows, order, labels
-    diff = np.abs(np.array(ray_out["logits"].to_pylist()) - np.array(local_out["logits"].to_pylist())).max()
-    assert diff <= 1e-4
+    logits = np.array(local_out["logits"].to_pylist())
+    diff = np.abs(np.array(ray_out["logits"].to_pylist()) - logits).max()
+    # both runs at the precision `auto` picked here; in bf16 (8 significant bits) the Ray run's batches of 2 rows and
+    # the local run's larger ones round differently: an Intel AMX CPU gave 2**-11 on logits below 1
+    assert diff <= (1e-4 if summary["precision"] == "fp32" else 2.0 ** -8 * max(1.0, np.abs(logits).max())), \
+        (diff, summary["precision"])
 
 
 def test_a_killed_ray_driver_then_a_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path, tiny_project):
