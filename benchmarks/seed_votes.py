@@ -28,7 +28,7 @@ import torch
 import typer
 
 from stages import paths
-from stages.compare import read_split, scored_splits
+from stages.compare import gold_train, scored_splits
 from stages.data.tasks import get_task
 from stages.models import alternatives
 from stages.models.registry import load_predictor
@@ -60,14 +60,11 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
     knobs = getattr(p, arch).model_copy(update=json.loads(set_))
     raw = paths.raw_dir(task)
     splits = scored_splits(spec, raw)
-    train = read_split(spec, raw, "train")
-    known = train.labels >= 0
+    train = gold_train(spec, raw)
     tfidf = alternatives.fit_logistic(
         alternatives.TfidfFeatures(p.compare.tfidf_word_ngrams, p.compare.tfidf_char_ngrams, p.compare.tfidf_min_df,
                                    spec.is_pair),
-        [t for t, ok in zip(train.texts_a, known) if ok],
-        [t for t, ok in zip(train.texts_b, known) if ok] if train.texts_b is not None else None,
-        train.labels[known], c=p.compare.lr_c, max_iter=p.compare.lr_max_iter)
+        train.texts_a, train.texts_b, train.labels, c=p.compare.lr_c, max_iter=p.compare.lr_max_iter)
     reference = {s: tfidf.predict_proba(split.texts_a, split.texts_b, 512).argmax(-1) for s, split in splits.items()}
     proba = {s: [] for s in splits}
     start = time.perf_counter()

@@ -77,19 +77,28 @@ class _Model:
     fit_seconds: float | None = None  # fitted here (the regressions): how long the fit took
 
 
-def read_split(task: Task, raw_dir: Path, split: str) -> Split:
+def _read_split(task: Task, raw_dir: Path, split: str) -> Split:
     """One split of raw_dir as texts and labels (-1: unknown)."""
     table = read_parquet(Path(raw_dir) / f"{split}.parquet", RAW_SCHEMA, hint="run the download stage first")
     return Split(table["text_a"].to_pylist(), table["text_b"].to_pylist() if task.is_pair else None,
                   table["label"].to_numpy())
 
 
+def gold_train(task: Task, raw_dir: Path) -> Split:
+    """The training split's rows with a known label: what the alternatives without a teacher are fitted on."""
+    train = _read_split(task, raw_dir, "train")
+    known = train.labels >= 0
+    return Split([t for t, k in zip(train.texts_a, known) if k],
+                 [t for t, k in zip(train.texts_b, known) if k] if train.texts_b is not None else None,
+                 train.labels[known])
+
+
 def scored_splits(task: Task, raw_dir: Path) -> dict[str, Split]:
     """Every eval split, and every test split that exists with all its labels known (GLUE's are hidden)."""
-    splits = {s: read_split(task, raw_dir, s) for s in task.eval_splits}
+    splits = {s: _read_split(task, raw_dir, s) for s in task.eval_splits}
     for s in task.test_splits:
         if (Path(raw_dir) / f"{s}.parquet").exists():
-            table = read_split(task, raw_dir, s)
+            table = _read_split(task, raw_dir, s)
             if len(table.labels) and (table.labels >= 0).all():
                 splits[s] = table
     return splits
@@ -136,11 +145,7 @@ def _load(dotted: str) -> Callable:
 
 def _alternatives(task: Task, raw_dir: Path, static_dir: Path, splits, work: Path, p: CompareParams,
                   skipped: list[dict]) -> list[_Model]:
-    train = read_split(task, raw_dir, "train")
-    known = train.labels >= 0
-    texts_a = [t for t, k in zip(train.texts_a, known) if k]
-    texts_b = [t for t, k in zip(train.texts_b, known) if k] if train.texts_b is not None else None
-    labels = train.labels[known]
+    train = gold_train(task, raw_dir)
     features = {"tfidf-lr": ("TF-IDF + LR", lambda: alternatives.TfidfFeatures(
         p.tfidf_word_ngrams, p.tfidf_char_ngrams, p.tfidf_min_df, task.is_pair))}
     if Path(static_dir).is_dir():
@@ -152,7 +157,8 @@ def _alternatives(task: Task, raw_dir: Path, static_dir: Path, splits, work: Pat
     out = []
     for name, (label, make) in features.items():
         start = time.perf_counter()
-        fitted = alternatives.fit_logistic(make(), texts_a, texts_b, labels, c=p.lr_c, max_iter=p.lr_max_iter)
+        fitted = alternatives.fit_logistic(make(), train.texts_a, train.texts_b, train.labels, c=p.lr_c,
+                                           max_iter=p.lr_max_iter)
         seconds = round(time.perf_counter() - start, 2)
         path = work / f"{name}.joblib"
         alternatives.save_sklearn(fitted, path)

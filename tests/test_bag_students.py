@@ -115,14 +115,14 @@ def test_a_hidden_layer_step_under_adam_moves_only_the_batchs_ngram_rows():
     """The hidden layer's columns x hidden table takes sparse gradients (SparseAdam: lazy Adam), so each step
     changes exactly the rows of the n-grams in its batch (dense Adam would keep moving the first batch's rows on
     their momentum), and the dense head moves too; without a hidden layer, or under Adadelta, nothing is sparse."""
-    from stages.models.bag_model import bag_optimizer, sparse_tables
+    from stages.models.bag_model import sparse_tables
     from stages.student import _bag_model, make_optimizer
 
     task, distill = get_task("rt"), DistillParams(optimizer="adam", lr=0.01)
     torch.manual_seed(0)  # 16 units drawn from N(0, 0.1²): a sentence whose units were all dead would move no row
     model = _bag_model("ngram", 10, task, NgramParams(hidden=16), distill)
     assert sparse_tables(model) == [model.bag.weight]
-    optimizer = bag_optimizer(model, make_optimizer(model, distill, skip=sparse_tables(model)), distill.lr)
+    optimizer = make_optimizer(model, distill)
 
     def step(indices: list[int], offsets: list[int], labels: list[int]) -> tuple[list[int], bool]:
         table, head = model.bag.weight.detach().clone(), model.out.weight.detach().clone()

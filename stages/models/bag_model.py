@@ -4,9 +4,9 @@
 - `SparseLinear` (ngram): logits = x @ W + b over a batch of CSR rows (an EmbeddingBag in sum mode with the
   tf-idf values as per-sample weights), W starting at zero; with `hidden` > 0, fastText's shape instead:
   h = ReLU(x @ W + b) (W: columns x hidden, drawn from N(0, 0.1²)) -> dropout -> logits = h @ W1 + b1; W then
-  takes sparse gradients (only the batch's n-gram rows), for `bag_optimizer`'s SparseAdam.
-- `bag_optimizer`: the arch's optimiser over the dense parameters plus, for sparse ones, SparseAdam (lazy Adam: a row's moments
-  move only when a batch holds its n-gram), so a step costs the batch's rows, not the whole columns x hidden table.
+  takes sparse gradients (only the batch's n-gram rows), which student.make_optimizer steps with SparseAdam (lazy
+  Adam: a row's moments move only when a batch holds its n-gram), so a step costs the batch's rows, not the whole
+  columns x hidden table (`sparse_tables`, `Optimizers`).
 - `StaticHead` (static): the sentence vectors (mean-pooled frozen embeddings, or the pair features), computed once
   before training, -> Linear -> ReLU -> dropout -> Linear (or one Linear when hidden is 0).
 """
@@ -46,7 +46,7 @@ class SparseLinear(nn.Module):
         return out
 
 
-class _Optimizers:
+class Optimizers:
     """Several optimisers stepped as one (no checkpointing: the bag students train in minutes)."""
 
     def __init__(self, *optimizers: torch.optim.Optimizer):
@@ -62,15 +62,8 @@ class _Optimizers:
 
 
 def sparse_tables(model: nn.Module) -> list[nn.Parameter]:
-    """The model's tables that take sparse gradients."""
+    """The model's tables that take sparse gradients (student.make_optimizer gives them SparseAdam)."""
     return [m.weight for m in model.modules() if isinstance(m, nn.EmbeddingBag) and m.sparse]
-
-
-def bag_optimizer(model: nn.Module, dense: torch.optim.Optimizer, lr: float):
-    """`dense` (built over the parameters outside sparse_tables) alone, or stepped with SparseAdam at `lr` over
-    the sparse tables."""
-    sparse = sparse_tables(model)
-    return _Optimizers(dense, torch.optim.SparseAdam(sparse, lr=lr)) if sparse else dense
 
 
 class StaticHead(nn.Module):

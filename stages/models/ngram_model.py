@@ -212,12 +212,9 @@ class NgramStudent(_Ngram):
         except (OSError, ValueError, KeyError) as e:
             raise StageError(f"{path} is not an n-gram student's weights ({e})") from None
         width, labels = self.featurizer.width * (3 if self.config["pair"] else 1), self.config["num_labels"]
-        (weight, bias), (out_weight, out_bias) = self.layers[0], self.layers[-1]
-        hidden = weight.shape[1] if len(self.layers) > 1 else labels
-        for name, array, shape in (("W", weight, (width, hidden)), ("b", bias, (hidden,)),
-                                   ("W1", out_weight, (hidden, labels)), ("b1", out_bias, (labels,))):
-            if name.endswith("1") and len(self.layers) == 1:
-                continue
+        hidden = self.layers[0][0].shape[1] if len(self.layers) > 1 else labels
+        expected = [("W", (width, hidden)), ("b", (hidden,)), ("W1", (hidden, labels)), ("b1", (labels,))]
+        for (name, shape), array in zip(expected, [array for layer in self.layers for array in layer]):
             if array.shape != shape:
                 raise StageError(f"{path}: {name} has shape {array.shape}, the features and labels make {shape}")
 
