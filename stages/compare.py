@@ -2,8 +2,9 @@
 
 Models (docs/compare.md):
 - alternatives that use no teacher: TF-IDF + logistic regression and static embeddings + logistic regression
-  (both fitted here on the gold train split, deterministic: stages/models/alternatives.py), and the hard-label
-  students of the `baseline` stage (every arch, every seed);
+  (both fitted here on the gold train split, deterministic: stages/models/alternatives.py; the static table is
+  the pretrained encoder's, inputs/<task>/static/base/, not the fine-tuned teacher's), and the hard-label
+  students of the `baseline` stage (every arch, every seed; the static one on that same pretrained table);
 - every distilled student of the `student` stage (every arch, every seed);
 - the teacher exported here to ONNX fp32 and dynamic int8, run by onnxruntime with dynamic padding
   (stages/models/onnx_teacher.py): the fair reference for "× faster than the teacher".
@@ -43,6 +44,7 @@ from stages.errors import StageError
 from stages.models import alternatives
 from stages.models.onnx_export import exporter
 from stages.models.registry import load_predictor
+from stages.models.static_model import embeddings_dir
 from stages.models.onnx_teacher import CONFIG_FILE, TEACHER_FILES, TOKENIZER_FILE, OnnxTeacher, export_teacher
 from stages.models.timing import measure_speed, peak_rss_mb
 from stages import paths
@@ -356,7 +358,8 @@ def run(task: Task, params: Params) -> None:
     and compare.png, over params.yaml's `archs` and `seeds` with the `compare:` section."""
     runs = {kind: paths.arch_runs(kind, task.name, params.seeds, params.archs) for kind in ("student", "baseline")}
     result = compare(task, paths.raw_dir(task.name), paths.model_dir("teacher", task.name),
-                     paths.inputs_dir(task.name, "static"), runs, params.compare, max_length=params.teacher.max_length)
+                     embeddings_dir(paths.inputs_dir(task.name, "static"), teacher=False), runs, params.compare,
+                     max_length=params.teacher.max_length)
     out = paths.metrics_dir(task.name)
     write_json(result, out / "compare.json")
     write_json({"models": plot_rows(result, task)}, out / "compare_plot.json")

@@ -2,7 +2,9 @@
 and baseline runs (every seed), and by `compare`'s alternatives:
 
 - ngram: the featurizer (stages/models/ngram_model.py), its vocabulary and idf fitted on the training split;
-- static: the static embeddings made from the task's fine-tuned teacher (stages/models/static_model.py);
+- static: the static embeddings made from the task's fine-tuned teacher, for the distilled student, and in base/
+  the same made from the pretrained encoder the teacher started from (`teacher.model`), for the models that use
+  no teacher: the hard-label static student and compare's static + LR (stages/models/static_model.py);
 - bilstm, cnn: nothing beyond their knobs (their vocabulary and GloVe rows are built in the student stage).
 
 Every arch's directory also holds knobs.json, that arch's knobs, so its student and baseline depend on them alone.
@@ -35,7 +37,7 @@ def _train_texts(task: Task, raw_dir: Path) -> list[str]:
 
 
 def build_inputs(task: Task, arch: str, raw_dir: Path, teacher_dir: Path, out_dir: Path, *, knobs: dict,
-                 device=None) -> dict:
+                 device=None, base_model: str | None = None) -> dict:
     """Write out_dir for one task and arch; returns a summary (printed by the CLI)."""
     with atomic_path(Path(out_dir), is_dir=True) as tmp:
         (tmp / KNOBS_FILE).write_text(json.dumps({"arch": arch, "task": task.name, "knobs": knobs}, indent=2) + "\n")
@@ -47,10 +49,20 @@ def build_inputs(task: Task, arch: str, raw_dir: Path, teacher_dir: Path, out_di
             return {"arch": arch, "columns": featurizer.width,
                     "analyzers": {name: len(v) for name, v in featurizer.vocabularies.items()}}
         if arch == "static":
-            from stages.models.static_model import build_embeddings
+            from stages.models.static_model import build_embeddings, embeddings_dir
+            from stages.models.teacher_model import resolve_model
 
-            return build_embeddings(teacher_dir, tmp, dims=knobs["dims"], weighting=knobs["weighting"],
-                                    batch_size=knobs["batch_size"], device=device, vocab_size=knobs["vocab_size"])
+            table = dict(dims=knobs["dims"], weighting=knobs["weighting"], batch_size=knobs["batch_size"],
+                         device=device, vocab_size=knobs["vocab_size"])
+            info = build_embeddings(teacher_dir, embeddings_dir(tmp, teacher=True), **table)
+            if base_model is None:
+                raise StageError("static inputs: name the pretrained encoder (teacher.model) for the tables of the "
+                                 "models that use no teacher")
+            base = resolve_model(base_model)
+            base_info = build_embeddings(base.location, embeddings_dir(tmp, teacher=False),
+                                         source=f"teacher.model {base_model!r} ({base.origin})",
+                                         hint="the pretrained encoder named by teacher.model", **table)
+            return {**info, "base": base_info}
     return {"arch": arch}
 
 
@@ -60,5 +72,5 @@ def run(task: Task, params: Params, arch: str) -> None:
         raise StageError(f"--arch {arch!r}: choose one of {', '.join(ARCHS)}")
     summary = build_inputs(task, arch, paths.raw_dir(task.name), paths.model_dir("teacher", task.name),
                            paths.inputs_dir(task.name, arch), knobs=arch_knobs(params, arch),
-                           device=resolve_device(params.device))
+                           device=resolve_device(params.device), base_model=params.teacher.model)
     print(f"inputs {task.name} {arch}: {summary}")

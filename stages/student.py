@@ -380,7 +380,12 @@ def run(task: Task, params: Params, arch: str, seed: int, distilled: bool) -> No
     distill = params.distill if distilled else params.distill.for_baseline()
     device = resolve_device(params.device)
     if arch in EXPORTERS:  # the bag students (ngram, static)
-        metrics = train_bag_student(task, arch, train_path, paths.raw_dir(task.name), paths.inputs_dir(task.name, arch),
+        inputs_dir = paths.inputs_dir(task.name, arch)
+        if arch == "static":  # the fine-tuned teacher's token vectors, or the pretrained encoder's for the baseline
+            from stages.models.static_model import embeddings_dir
+
+            inputs_dir = embeddings_dir(inputs_dir, teacher=distilled)
+        metrics = train_bag_student(task, arch, train_path, paths.raw_dir(task.name), inputs_dir,
                                     out, knobs=getattr(params, arch), distill=distill, device=device, seed=seed,
                                     use_teacher_logits=distilled, live_dir=run_dir,
                                     features_cache=paths.cache_dir("ngram-features") / task.name)

@@ -229,6 +229,30 @@ def test_static_embeddings_are_the_teachers_token_vectors_rotated_and_zipf_weigh
                                        np.linalg.norm(states[i] - states[j]), rtol=2e-3)
 
 
+def test_models_without_a_teacher_read_the_pretrained_encoders_table_not_the_fine_tuned_teachers(tiny_project, tmp_path):
+    """inputs@<task>-static writes two tables: the fine-tuned teacher's for the distilled student, and base/, the
+    same method on the pretrained teacher.model, for the hard-label student (and compare's static + LR), so the
+    "no teacher" models carry nothing the teacher learned."""
+    from stages.models.static_model import EMBEDDINGS_FILE, INFO_FILE, build_embeddings
+    from stages.models.teacher_model import resolve_model
+    from tests.tiny_project import TINY
+
+    inputs = tiny_project / "models/inputs/sst2/static"
+    teacher_table, base_table = (np.load(d / EMBEDDINGS_FILE) for d in (inputs, inputs / "base"))
+    assert teacher_table.shape == base_table.shape and not np.array_equal(teacher_table, base_table)
+    assert json.loads((inputs / "base" / INFO_FILE).read_text())["source"].startswith("teacher.model 'all-MiniLM-L6-v2'")
+    knobs = TINY["static"]
+    rebuilt = build_embeddings(resolve_model("all-MiniLM-L6-v2").location, tmp_path, dims=knobs["dims"],
+                               weighting="zipf", batch_size=1024, device=CPU, vocab_size=knobs["vocab_size"])
+    assert rebuilt["vocab_size"] == len(base_table)
+    np.testing.assert_allclose(np.load(tmp_path / EMBEDDINGS_FILE).astype(np.float32), base_table.astype(np.float32),
+                               atol=2e-2 * float(np.abs(base_table).max()))
+    for kind, table in (("student", teacher_table), ("baseline", base_table)):
+        for seed in (1, 2):
+            np.testing.assert_array_equal(np.load(tiny_project / f"models/{kind}/sst2/static/seed-{seed}" / EMBEDDINGS_FILE),
+                                          table)
+
+
 # --- on the tiny project: each arch's trained runs, exported, predicted and served --------------------------
 
 ARCH_FILES = {"ngram": "features.json", "static": "tokenizer.json"}

@@ -2,7 +2,8 @@
 
 - TF-IDF + LR: word n-grams and character n-grams (within word boundaries) weighted by tf-idf, one
   LogisticRegression (L2, lbfgs: deterministic, no seed).
-- static + LR: static token embeddings made from the teacher (a vocabulary × dimensions matrix, as
+- static + LR: static token embeddings made by Model2Vec's method from the pretrained encoder the teacher
+  starts from, not from the fine-tuned teacher (a vocabulary × dimensions matrix, as
   `embeddings.npy` or in Model2Vec's `model.safetensors` under `embeddings`, beside the `tokenizer.json` it was
   made with), mean-pooled over a sentence's tokens, then the same LogisticRegression.
 

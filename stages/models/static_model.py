@@ -9,6 +9,11 @@ Zipf weighting: word-piece ids stand in for frequency ranks, so frequent short p
 `static.vocab_size` keeps only the first ids (the rest are left out of every sentence). Stored as float16
 (embeddings.npy) beside the teacher's tokenizer.json.
 
+Two tables per task: the fine-tuned teacher's (inputs_dir itself), which the distilled student uses, and the same
+method on the pretrained encoder the teacher started from (`teacher.model`; inputs_dir/base/), which the models
+that use no teacher use: the hard-label static student and compare's static + LR. Their gold-label fits would
+otherwise read the fine-tuned teacher's token vectors, so "no teacher" would carry what the teacher learned.
+
 The student: a sentence is the mean of its word pieces' rows (no [CLS]/[SEP]; at most `static.max_length`
 pieces); pairs feed the head the siamese features [u, v, |u - v|, u * v]; the head (Linear -> ReLU -> dropout
 -> Linear, or one Linear with static.hidden 0) is trained on the transfer set with the teacher's logits
@@ -32,26 +37,34 @@ from stages.models.predictor import Predictor
 
 EMBEDDINGS_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CONFIG_FILE = "embeddings.npy", "tokenizer.json", "weights.npz", "config.json"
 INFO_FILE = "embeddings.json"
+BASE_DIR = "base"  # inside the inputs directory: the pretrained encoder's table, for the models without a teacher
 ARCH = "static"
 
 
-def build_embeddings(teacher_dir: Path, out_dir: Path, *, dims: int, weighting: str, batch_size: int, device,
-                     vocab_size: int | None = None) -> dict:
-    """out_dir (an existing temporary directory): embeddings.npy, tokenizer.json, embeddings.json. Returns the info."""
+def embeddings_dir(inputs_dir: Path, *, teacher: bool) -> Path:
+    """The table a static model reads: the fine-tuned teacher's (distilled) or the pretrained encoder's (no teacher)."""
+    return Path(inputs_dir) if teacher else Path(inputs_dir) / BASE_DIR
+
+
+def build_embeddings(teacher_dir: Path | str, out_dir: Path, *, dims: int, weighting: str, batch_size: int, device,
+                     vocab_size: int | None = None, source: str = "the teacher",
+                     hint: str = "run the teacher stage first") -> dict:
+    """out_dir (an existing directory): embeddings.npy, tokenizer.json, embeddings.json, from the encoder at
+    teacher_dir (a directory or a Hub id; `source` and `hint` word the error when it cannot be loaded). Returns the
+    info."""
     import torch
     from sklearn.decomposition import PCA
     from tqdm import tqdm
     from transformers import AutoModel, AutoTokenizer
 
-    teacher_dir = Path(teacher_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
         encoder = AutoModel.from_pretrained(teacher_dir).to(device).eval()
     except (OSError, ValueError) as e:
-        raise StageError(f"static embeddings: cannot load the teacher from {teacher_dir} ({str(e).splitlines()[0]}); "
-                         "run the teacher stage first") from None
+        raise StageError(f"static embeddings: cannot load {source} from {teacher_dir} ({str(e).splitlines()[0]}); "
+                         f"{hint}") from None
     if not getattr(tokenizer, "is_fast", False) or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
-        raise StageError(f"static embeddings: the teacher's tokenizer in {teacher_dir} is not a fast tokenizer with "
+        raise StageError(f"static embeddings: the tokenizer of {source} in {teacher_dir} is not a fast tokenizer with "
                          "[CLS] and [SEP] tokens, which the static student needs (its vocabulary)")
     size = min(len(tokenizer), vocab_size or len(tokenizer))  # the first ids: Zipf's rank proxy keeps the frequent
     ids = torch.arange(size)
@@ -70,9 +83,10 @@ def build_embeddings(teacher_dir: Path, out_dir: Path, *, dims: int, weighting: 
     if weighting == "zipf":
         reduced *= np.log1p(np.arange(size, dtype=np.float32))[:, None]
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / EMBEDDINGS_FILE, reduced.astype(np.float16))
     tokenizer.backend_tokenizer.save(str(out_dir / TOKENIZER_FILE))
-    info = {"arch": ARCH, "vocab_size": size, "dims": components, "teacher_hidden": int(vectors.shape[1]),
+    info = {"arch": ARCH, "source": source, "vocab_size": size, "dims": components, "teacher_hidden": int(vectors.shape[1]),
             "weighting": weighting, "pca_explained_variance": round(float(pca.explained_variance_ratio_.sum()), 4),
             "special_ids": sorted(int(i) for i in tokenizer.all_special_ids)}
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
