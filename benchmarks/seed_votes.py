@@ -1,13 +1,16 @@
 """How much `compare`'s McNemar verdict depends on which seeds: a bag student (ngram or static) trained over many
-seeds against TF-IDF + LR, and the McNemar p-value of every k-seed majority vote.
+seeds against TF-IDF + LR (or static + LR), and the McNemar p-value of every k-seed majority vote.
 
     python benchmarks/seed_votes.py --task rt --seeds 1-10 --k 5
     python benchmarks/seed_votes.py --task rt --seeds 1-10 --k 5 --set '{"hidden": 64, "dropout": 0.3, "lr": 0.005}'
+    python benchmarks/seed_votes.py --task mrpc --arch static --seeds 1-5 --against static-lr --table pretrained
 
 Reads what `dvc repro compare@<task>` leaves (data/raw/<task>/, the labelled transfer set, models/inputs/<task>/<arch>/)
 and params.yaml. Trains the distilled student once per seed in this process with the student stage's own code
-(stages/student.py's train_bag_student; `--set` overrides the arch's knobs), fits TF-IDF + LR on the gold training
-split as `compare` does (the `compare:` knobs), and prints JSON: per scored split (dev, and test where its labels
+(stages/student.py's train_bag_student; `--set` overrides the arch's knobs, `--distill-set` the `distill:` ones;
+`--table pretrained` trains a static student on the pretrained encoder's table, inputs/<task>/static/base/, in
+place of the fine-tuned teacher's), fits TF-IDF + LR (or, `--against static-lr`, static + LR on the pretrained
+table) on the gold training split as `compare` does (the `compare:` knobs), and prints JSON: per scored split (dev, and test where its labels
 are known) each seed's score, their mean ± sd, the one-sample t against TF-IDF + LR, the McNemar test of the vote
 of all the seeds, and over every k-seed subset the number whose vote passes p < 0.05, with the median, min and
 max p-value (stages/report/statistics.py: majority_vote, mcnemar_test, as `compare` uses them).
@@ -32,6 +35,7 @@ from stages.compare import gold_train, scored_splits
 from stages.data.tasks import get_task
 from stages.models import alternatives
 from stages.models.registry import load_predictor
+from stages.models.static_model import embeddings_dir
 from stages.params import load_params
 from stages.report.statistics import majority_vote, mcnemar_test, one_sample_t_test
 from stages.student import train_bag_student
@@ -52,32 +56,46 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
          seeds: str = typer.Option("1-10", help="Seeds, e.g. 1-10 or 1,2,3."),
          k: int = typer.Option(5, help="Seeds per vote (params.yaml's default is 5)."),
          set_: str = typer.Option("{}", "--set", help="JSON overrides of the arch's knobs (params.yaml `ngram:`/`static:`)."),
+         distill_set: str = typer.Option("{}", "--distill-set", help="JSON overrides of params.yaml `distill:`."),
+         table: str = typer.Option("teacher", help="static only: teacher (the fine-tuned teacher's table, as the "
+                                                   "student stage) | pretrained (inputs/<task>/static/base/)."),
+         against: str = typer.Option("tfidf-lr", help="tfidf-lr | static-lr (the pretrained table, as compare)."),
          params: Path = typer.Option(Path("params.yaml"))) -> None:
     p, spec = load_params(params), get_task(task)
     seed_list = _seeds(seeds)
     if not 1 <= k <= len(seed_list):
         raise typer.BadParameter(f"--k {k}: must be between 1 and the {len(seed_list)} seeds given")
+    if table not in ("teacher", "pretrained") or (table == "pretrained" and arch != "static"):
+        raise typer.BadParameter(f"--table {table}: teacher, or pretrained with --arch static")
+    if against not in ("tfidf-lr", "static-lr"):
+        raise typer.BadParameter(f"--against {against}: tfidf-lr or static-lr")
     knobs = getattr(p, arch).model_copy(update=json.loads(set_))
+    distill = p.distill.model_copy(update=json.loads(distill_set))
     raw = paths.raw_dir(task)
     splits = scored_splits(spec, raw)
     train = gold_train(spec, raw)
-    tfidf = alternatives.fit_logistic(
-        alternatives.TfidfFeatures(p.compare.tfidf_word_ngrams, p.compare.tfidf_char_ngrams, p.compare.tfidf_min_df,
-                                   spec.is_pair),
-        train.texts_a, train.texts_b, train.labels, c=p.compare.lr_c, max_iter=p.compare.lr_max_iter)
-    reference = {s: tfidf.predict_proba(split.texts_a, split.texts_b, 512).argmax(-1) for s, split in splits.items()}
+    static_inputs = paths.inputs_dir(task, "static")
+    features = (alternatives.StaticFeatures(str(embeddings_dir(static_inputs, teacher=False)), spec.is_pair)
+                if against == "static-lr" else
+                alternatives.TfidfFeatures(p.compare.tfidf_word_ngrams, p.compare.tfidf_char_ngrams,
+                                           p.compare.tfidf_min_df, spec.is_pair))
+    fitted = alternatives.fit_logistic(features, train.texts_a, train.texts_b, train.labels, c=p.compare.lr_c,
+                                       max_iter=p.compare.lr_max_iter)
+    reference = {s: fitted.predict_proba(split.texts_a, split.texts_b, 512).argmax(-1) for s, split in splits.items()}
+    inputs = embeddings_dir(static_inputs, teacher=False) if table == "pretrained" else paths.inputs_dir(task, arch)
     proba = {s: [] for s in splits}
     start = time.perf_counter()
     for seed in seed_list:
         with tempfile.TemporaryDirectory() as tmp:
-            train_bag_student(spec, arch, paths.labeled_file(task), raw, paths.inputs_dir(task, arch), Path(tmp) / "m",
-                              knobs=knobs, distill=p.distill, device=torch.device("cpu"), seed=seed,
+            train_bag_student(spec, arch, paths.labeled_file(task), raw, inputs, Path(tmp) / "m",
+                              knobs=knobs, distill=distill, device=torch.device("cpu"), seed=seed,
                               use_teacher_logits=True,
                               features_cache=paths.cache_dir("ngram-features") / task if arch == "ngram" else None)
             student = load_predictor(Path(tmp) / "m")
             for s, split in splits.items():
                 proba[s].append(student.predict_proba(split.texts_a, split.texts_b, 512))
-    out = {"task": task, "arch": arch, "knobs": json.loads(set_), "seeds": seed_list, "k": k,
+    out = {"task": task, "arch": arch, "knobs": json.loads(set_), "distill": json.loads(distill_set), "table": table,
+           "against": against, "seeds": seed_list, "k": k,
            "train_seconds": round(time.perf_counter() - start, 1), "splits": {}}
     for s, split in splits.items():
         gold = split.labels
@@ -87,7 +105,7 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
                  for subset in itertools.combinations(range(len(seed_list)), k)]
         out["splits"][s] = {
             "scores": [round(x, 2) for x in scores], "mean": round(statistics.fmean(scores), 2),
-            "sd": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0, "tfidf_lr": round(base, 2),
+            "sd": round(statistics.stdev(scores), 2) if len(scores) > 1 else 0.0, against.replace("-", "_"): round(base, 2),
             "one_sample_t_p": one_sample_t_test([x / 100 for x in scores], base / 100)["p_value"],
             "vote_of_all": mcnemar_test(gold, majority_vote(proba[s]), reference[s]),
             f"votes_of_{k}": {"count": len(votes), "passing": sum(v < SIGNIFICANCE for v in votes),
