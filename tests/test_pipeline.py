@@ -119,14 +119,6 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
     assert stale == {"check"} | {f"{s}@{t}-{a}-{seed}" for s in SEEDED for t in TASKS for a in ARCHS for seed in (1, 2)}
     run(["git", "checkout", "params.yaml"], repo)
 
-    # the labels' precision: label and what reads its output rerun, never the teacher, the transfer set or the
-    # baselines; int8 differs from what `auto` resolves to on any CPU, and summary.json shows the one that ran
-    label = run(["dvc", "exp", "run", "-S", "label.precision=int8", "evaluate@sst2"], repo)
-    assert ran(label) == {"check", "label@sst2", "evaluate@sst2"} | {f"student@sst2-bilstm-{s}" for s in (1, 2)}  # evaluate reads the first arch
-    assert json.loads((repo / "metrics/sst2/label.json").read_text())["precision"] == "int8"
-    assert json.loads((repo / "metrics/sst2/summary.json").read_text())["precision"]["label"] == "int8"
-    run(["git", "checkout", "params.yaml", "dvc.lock", "metrics"], repo)
-    run(["dvc", "checkout", "-q"], repo)
     # a knob of one arch reaches that arch's stages alone: the student's size only the BiLSTM's, an n-gram knob
     # only the n-gram student's and baseline's (check rewrites every arch's knob file, the others byte for byte);
     # no other arch's run goes stale
@@ -140,18 +132,21 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
         run(["git", "checkout", "params.yaml"], repo)
         run(["dvc", "repro", f"inputs@sst2-{arch}", f"inputs@nli-{arch}"], repo)  # back to the committed state
 
-    # one more seed and a transfer-set knob, as an experiment: augment and label rerun, every student (new
-    # labels), the baseline of the new seed only (it never reads the transfer set), never download or teacher;
-    # the target keeps it to one task
-    more = run(["dvc", "exp", "run", "-S", "seeds=[1,2,3]", "-S", "augment.p_mask=0.2", "evaluate@sst2"], repo)
-    assert ran(more) == ({"check", "augment@sst2", "label@sst2", "evaluate@sst2", "baseline@sst2-bilstm-3"}
+    # one more seed and the labels' precision, as one experiment: label and what reads its output rerun, every
+    # student (new labels), the baseline of the new seed only (baselines never read the transfer set), never
+    # download, teacher or the transfer set (augment); the target keeps it to one task (evaluate reads the first
+    # arch). int8 differs from what `auto` resolves to on any CPU, and summary.json shows the one that ran
+    more = run(["dvc", "exp", "run", "-S", "seeds=[1,2,3]", "-S", "label.precision=int8", "evaluate@sst2"], repo)
+    assert ran(more) == ({"check", "label@sst2", "evaluate@sst2", "baseline@sst2-bilstm-3"}
                          | {f"student@sst2-bilstm-{s}" for s in (1, 2, 3)})
     assert json.loads((repo / "metrics/sst2/report.json").read_text())["seeds"] == [1, 2, 3]
+    assert json.loads((repo / "metrics/sst2/label.json").read_text())["precision"] == "int8"
+    assert json.loads((repo / "metrics/sst2/summary.json").read_text())["precision"]["label"] == "int8"
     changed = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))["metrics/sst2/summary.json"]
     assert (changed["seeds"]["old"], changed["seeds"]["new"]) == (2, 3)
 
-    # `python -m stages show`: every metric, the key params, the params that differ between the rows (p_mask, and
-    # label.precision of the int8 experiment above) and nothing else
+    # `python -m stages show`: every metric, the key params, the params that differ between the rows (the
+    # experiment's label.precision; seeds is a key param) and nothing else
     full = next(csv.reader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo))))
     shown = next(csv.reader(io.StringIO(run([sys.executable, "-m", "stages", "show", "--csv"], repo))))
     # DVC prefixes a name with its file only where two files share it (sst2's and nli's scores, `seeds`)
@@ -160,7 +155,7 @@ def test_experiments_rerun_only_what_depends_on_the_changed_params(tiny_project,
     params = [c for c in full[5:] if c not in metrics and "/" not in c]
     assert len(full) > 100 and len(metrics) > len(NLI_COLUMNS) and "student.dev_macro_f1" in metrics
     assert shown == ["Experiment", "rev", "typ", "Created", "parent", *metrics,
-                     *[c for c in params if c.split(":")[-1] in (*KEY_PARAMS, "augment.p_mask", "label.precision")]]
+                     *[c for c in params if c.split(":")[-1] in (*KEY_PARAMS, "label.precision")]]
     assert "params.yaml:seeds" in shown and "distill.lr" in params and "distill.lr" not in shown
 
 
