@@ -31,7 +31,7 @@ import torch
 import typer
 
 from stages import paths
-from stages.compare import gold_train, scored_splits
+from stages.compare import fit_on_gold, gold_train, scored_splits, tfidf_features
 from stages.data.tasks import get_task
 from stages.models import alternatives
 from stages.models.registry import load_predictor
@@ -76,11 +76,8 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
     train = gold_train(spec, raw)
     static_inputs = paths.inputs_dir(task, "static")
     features = (alternatives.StaticFeatures(str(embeddings_dir(static_inputs, teacher=False)), spec.is_pair)
-                if against == "static-lr" else
-                alternatives.TfidfFeatures(p.compare.tfidf_word_ngrams, p.compare.tfidf_char_ngrams,
-                                           p.compare.tfidf_min_df, spec.is_pair))
-    fitted = alternatives.fit_logistic(features, train.texts_a, train.texts_b, train.labels, c=p.compare.lr_c,
-                                       max_iter=p.compare.lr_max_iter)
+                if against == "static-lr" else tfidf_features(spec, p.compare))
+    fitted = fit_on_gold(features, train, p.compare)
     reference = {s: fitted.predict_proba(split.texts_a, split.texts_b, 512).argmax(-1) for s, split in splits.items()}
     inputs = embeddings_dir(static_inputs, teacher=False) if table == "pretrained" else paths.inputs_dir(task, arch)
     proba = {s: [] for s in splits}

@@ -18,12 +18,12 @@ import torch
 import typer
 
 from stages import paths
-from stages.compare import gold_train, scored_splits
+from stages.compare import fit_on_gold, gold_train, scored_splits, tfidf_features
 from stages.data.tasks import get_task
+from stages.inputs import pretrained_table
 from stages.models import alternatives
-from stages.models.static_model import EMBEDDINGS_FILE, build_embeddings
-from stages.models.teacher_model import resolve_model
-from stages.params import load_params
+from stages.models.static_model import EMBEDDINGS_FILE
+from stages.params import arch_knobs, load_params
 
 
 def main(task: str = typer.Option("rt", help="Task whose splits to use (run its download stage first)."),
@@ -36,20 +36,16 @@ def main(task: str = typer.Option("rt", help="Task whose splits to use (run its 
     result = {"task": task, "teacher_model": p.teacher.model}
     if not (table / EMBEDDINGS_FILE).is_file():
         start = time.perf_counter()
-        base = resolve_model(p.teacher.model)
-        result["table"] = build_embeddings(base.location, table, dims=p.static.dims, weighting=p.static.weighting,
-                                           batch_size=p.static.batch_size, device=torch.device("cpu"),
-                                           vocab_size=p.static.vocab_size, source=f"teacher.model {p.teacher.model!r}")
+        result["table"] = pretrained_table(p.teacher.model, table, knobs=arch_knobs(p, "static"),
+                                           device=torch.device("cpu"))
         result["build_seconds"] = round(time.perf_counter() - start, 1)
     raw = paths.raw_dir(task)
     splits, train = scored_splits(spec, raw), gold_train(spec, raw)
     features = {"static-lr": alternatives.StaticFeatures(str(table), spec.is_pair),
-                "tfidf-lr": alternatives.TfidfFeatures(p.compare.tfidf_word_ngrams, p.compare.tfidf_char_ngrams,
-                                                       p.compare.tfidf_min_df, spec.is_pair)}
+                "tfidf-lr": tfidf_features(spec, p.compare)}
     for name, made in features.items():
         start = time.perf_counter()
-        fitted = alternatives.fit_logistic(made, train.texts_a, train.texts_b, train.labels, c=p.compare.lr_c,
-                                           max_iter=p.compare.lr_max_iter)
+        fitted = fit_on_gold(made, train, p.compare)
         result[name] = {"fit_seconds": round(time.perf_counter() - start, 1), **{
             s: round(100 * float((fitted.predict_proba(split.texts_a, split.texts_b, 512).argmax(-1)
                                   == split.labels).mean()), 2) for s, split in splits.items()}}

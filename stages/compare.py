@@ -95,6 +95,17 @@ def gold_train(task: Task, raw_dir: Path) -> Split:
                  train.labels[known])
 
 
+def tfidf_features(task: Task, p: CompareParams) -> alternatives.TfidfFeatures:
+    """TF-IDF + LR's features, as the `compare:` knobs set them."""
+    return alternatives.TfidfFeatures(p.tfidf_word_ngrams, p.tfidf_char_ngrams, p.tfidf_min_df, task.is_pair)
+
+
+def fit_on_gold(features, train: Split, p: CompareParams) -> alternatives.SklearnClassifier:
+    """features -> logistic regression (the `compare:` knobs) fitted on gold_train's rows."""
+    return alternatives.fit_logistic(features, train.texts_a, train.texts_b, train.labels, c=p.lr_c,
+                                     max_iter=p.lr_max_iter)
+
+
 def scored_splits(task: Task, raw_dir: Path) -> dict[str, Split]:
     """Every eval split, and every test split that exists with all its labels known (GLUE's are hidden)."""
     splits = {s: _read_split(task, raw_dir, s) for s in task.eval_splits}
@@ -148,8 +159,7 @@ def _load(dotted: str) -> Callable:
 def _alternatives(task: Task, raw_dir: Path, static_dir: Path, splits, work: Path, p: CompareParams,
                   skipped: list[dict]) -> list[_Model]:
     train = gold_train(task, raw_dir)
-    features = {"tfidf-lr": ("TF-IDF + LR", lambda: alternatives.TfidfFeatures(
-        p.tfidf_word_ngrams, p.tfidf_char_ngrams, p.tfidf_min_df, task.is_pair))}
+    features = {"tfidf-lr": ("TF-IDF + LR", lambda: tfidf_features(task, p))}
     if Path(static_dir).is_dir():
         alternatives.load_static(static_dir)  # a broken directory is an error naming what it lacks
         features["static-lr"] = ("static + LR", lambda: alternatives.StaticFeatures(str(static_dir), task.is_pair))
@@ -159,8 +169,7 @@ def _alternatives(task: Task, raw_dir: Path, static_dir: Path, splits, work: Pat
     out = []
     for name, (label, make) in features.items():
         start = time.perf_counter()
-        fitted = alternatives.fit_logistic(make(), train.texts_a, train.texts_b, train.labels, c=p.lr_c,
-                                           max_iter=p.lr_max_iter)
+        fitted = fit_on_gold(make(), train, p)
         seconds = round(time.perf_counter() - start, 2)
         path = work / f"{name}.joblib"
         alternatives.save_sklearn(fitted, path)

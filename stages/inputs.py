@@ -50,20 +50,30 @@ def build_inputs(task: Task, arch: str, raw_dir: Path, teacher_dir: Path, out_di
                     "analyzers": {name: len(v) for name, v in featurizer.vocabularies.items()}}
         if arch == "static":
             from stages.models.static_model import build_embeddings, embeddings_dir
-            from stages.models.teacher_model import resolve_model
 
-            table = dict(dims=knobs["dims"], weighting=knobs["weighting"], batch_size=knobs["batch_size"],
-                         device=device, vocab_size=knobs["vocab_size"])
-            info = build_embeddings(teacher_dir, embeddings_dir(tmp, teacher=True), **table)
             if base_model is None:
                 raise StageError("static inputs: name the pretrained encoder (teacher.model) for the tables of the "
                                  "models that use no teacher")
-            base = resolve_model(base_model)
-            base_info = build_embeddings(base.location, embeddings_dir(tmp, teacher=False),
-                                         source=f"teacher.model {base_model!r} ({base.origin})",
-                                         hint="the pretrained encoder named by teacher.model", **table)
-            return {**info, "base": base_info}
+            info = build_embeddings(teacher_dir, embeddings_dir(tmp, teacher=True), device=device,
+                                    **_table_knobs(knobs))
+            return {**info, "base": pretrained_table(base_model, embeddings_dir(tmp, teacher=False), knobs=knobs,
+                                                     device=device)}
     return {"arch": arch}
+
+
+def _table_knobs(knobs: dict) -> dict:
+    return {key: knobs[key] for key in ("dims", "weighting", "batch_size", "vocab_size")}
+
+
+def pretrained_table(model: str, out_dir: Path, *, knobs: dict, device) -> dict:
+    """Model2Vec's table of the pretrained encoder `model` (teacher.model: a packaged name, path or Hub id) with
+    the `static:` knobs, into out_dir: what the models without a teacher read. Returns its info."""
+    from stages.models.static_model import build_embeddings
+    from stages.models.teacher_model import resolve_model
+
+    base = resolve_model(model)
+    return build_embeddings(base.location, out_dir, device=device, source=f"teacher.model {model!r} ({base.origin})",
+                            hint="the pretrained encoder named by teacher.model", **_table_knobs(knobs))
 
 
 def run(task: Task, params: Params, arch: str) -> None:
