@@ -3,7 +3,8 @@
 Models (docs/compare.md):
 - alternatives that use no teacher: TF-IDF + logistic regression and static embeddings + logistic regression
   (both fitted here on the gold train split, deterministic: stages/models/alternatives.py; the static table is
-  the pretrained encoder's, inputs/<task>/static/base/, not the fine-tuned teacher's), and the hard-label
+  the pretrained encoder's, inputs/<task>/static/base/, not the fine-tuned teacher's; static + LR runs when
+  `archs` lists static, which builds that table), and the hard-label
   students of the `baseline` stage (every arch, every seed; the static one on that same pretrained table);
 - every distilled student of the `student` stage (every arch, every seed);
 - the teacher exported here to ONNX fp32 and dynamic int8, run by onnxruntime with dynamic padding
@@ -156,16 +157,17 @@ def _load(dotted: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def _alternatives(task: Task, raw_dir: Path, static_dir: Path, splits, work: Path, p: CompareParams,
+def _alternatives(task: Task, raw_dir: Path, static_dir: Path | None, splits, work: Path, p: CompareParams,
                   skipped: list[dict]) -> list[_Model]:
+    """TF-IDF + LR, and static + LR on the pretrained encoder's table in static_dir (None: archs has no static)."""
     train = gold_train(task, raw_dir)
     features = {"tfidf-lr": ("TF-IDF + LR", lambda: tfidf_features(task, p))}
-    if Path(static_dir).is_dir():
-        alternatives.load_static(static_dir)  # a broken directory is an error naming what it lacks
-        features["static-lr"] = ("static + LR", lambda: alternatives.StaticFeatures(str(static_dir), task.is_pair))
+    if static_dir is None:  # never a table left on disk by another run: what runs follows params.yaml alone
+        skipped.append({"name": "static-lr", "reason": "archs has no static, and the inputs stage builds the static "
+                                                       "tables with it (dvc exp run -S 'archs=[bilstm,ngram,static]')"})
     else:
-        skipped.append({"name": "static-lr", "reason": f"static embeddings not found at {static_dir} (the "
-                                                       "inputs stage writes them when archs lists static)"})
+        alternatives.load_static(static_dir)  # a missing or broken directory is an error naming what it lacks
+        features["static-lr"] = ("static + LR", lambda: alternatives.StaticFeatures(str(static_dir), task.is_pair))
     out = []
     for name, (label, make) in features.items():
         start = time.perf_counter()
@@ -315,7 +317,7 @@ def _rank(task: Task, models: list[_Model], splits: dict, speed: dict, rss: dict
     return rows, choice, versus
 
 
-def compare(task: Task, raw_dir: Path, teacher_dir: Path, static_dir: Path,
+def compare(task: Task, raw_dir: Path, teacher_dir: Path, static_dir: Path | None,
             runs: dict[str, dict[str, dict[int, tuple[Path, Path]]]], params: CompareParams, *,
             max_length: int = 128) -> dict:
     """compare.json's content. runs: {"student" | "baseline": {arch: {seed: (model_dir, run_dir)}}}."""
@@ -366,9 +368,10 @@ def run(task: Task, params: Params) -> None:
     """The `compare` stage for one task: metrics/<task>/compare.json, compare.md, compare_plot.json (dvc plots)
     and compare.png, over params.yaml's `archs` and `seeds` with the `compare:` section."""
     runs = {kind: paths.arch_runs(kind, task.name, params.seeds, params.archs) for kind in ("student", "baseline")}
-    result = compare(task, paths.raw_dir(task.name), paths.model_dir("teacher", task.name),
-                     embeddings_dir(paths.inputs_dir(task.name, "static"), teacher=False), runs, params.compare,
-                     max_length=params.teacher.max_length)
+    static_dir = (embeddings_dir(paths.inputs_dir(task.name, "static"), teacher=False) if "static" in params.archs
+                  else None)
+    result = compare(task, paths.raw_dir(task.name), paths.model_dir("teacher", task.name), static_dir, runs,
+                     params.compare, max_length=params.teacher.max_length)
     out = paths.metrics_dir(task.name)
     write_json(result, out / "compare.json")
     write_json({"models": plot_rows(result, task)}, out / "compare_plot.json")

@@ -250,6 +250,29 @@ def test_compare_writes_every_model_the_tests_the_choice_and_the_chart(tiny_proj
 
 
 @pytest.mark.slow
+def test_static_lr_follows_archs_not_a_table_left_on_disk(tiny_project, tmp_path):
+    """static + LR runs exactly when archs lists static (its tables are then a product of this pipeline): a table
+    left in models/inputs/ by another run adds no row, and a listed table that is missing is an error naming it."""
+    from stages.compare import _alternatives, scored_splits
+    from stages.models.static_model import embeddings_dir
+    from stages.params import load_params
+
+    task, raw = get_task("sst2"), tiny_project / "data/raw/sst2"
+    table = embeddings_dir(tiny_project / "models/inputs/sst2/static", teacher=False)
+    assert (table / "embeddings.npy").is_file()  # on disk: the tiny project lists static
+    knobs, splits = load_params(tiny_project / "params.yaml").compare, scored_splits(task, raw)
+    skipped: list[dict] = []
+    left_out = _alternatives(task, raw, None, splits, tmp_path, knobs, skipped)  # archs without static
+    assert [m.name for m in left_out] == ["tfidf-lr"]
+    assert skipped == [{"name": "static-lr", "reason": "archs has no static, and the inputs stage builds the static "
+                                                       "tables with it (dvc exp run -S 'archs=[bilstm,ngram,static]')"}]
+    listed = _alternatives(task, raw, table, splits, tmp_path, knobs, skipped := [])
+    assert [m.name for m in listed] == ["tfidf-lr", "static-lr"] and skipped == []
+    with pytest.raises(StageError, match=f"static embeddings not found at {tmp_path / 'gone'}"):
+        _alternatives(task, raw, tmp_path / "gone", splits, tmp_path, knobs, [])
+
+
+@pytest.mark.slow
 def test_a_compare_param_reruns_only_compare_and_what_reads_its_choice(tiny_project, tmp_path):
     import json
 
