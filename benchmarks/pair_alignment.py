@@ -15,7 +15,7 @@ ways, over `--seeds`:
 and prints, as JSON, each one's dev accuracy (mean, sd, seeds), the paired t of distilled against hard-label on the
 same features, and the one-sample t of each against static + LR (compare's logistic regression on the same table).
 
-    python benchmarks/pair_alignment.py --task mrpc --table models/inputs/mrpc/static/base
+    python benchmarks/pair_alignment.py --task mrpc --table models/inputs/mrpc/static/base [--originals-only]
 
 Run it in a workspace whose pipeline has run label@<task> and inputs@<task>-static (the table: the pretrained
 encoder's, base/, or the teacher's, models/inputs/<task>/static/).
@@ -113,6 +113,8 @@ def main(task: str = typer.Option("mrpc", help="A pair task whose label and inpu
          seeds: str = typer.Option("1,2,3,4,5", help="Comma-separated seeds."),
          epochs: int = typer.Option(20, help="Epochs per head (the best dev epoch is kept)."),
          alpha: float = typer.Option(0.5, help="Distilled: weight of the originals' gold cross-entropy."),
+         originals_only: bool = typer.Option(False, help="Distil on the teacher's logits of the training pairs alone "
+                                                         "(no augmented pairs): is it the teacher or the transfer set?"),
          threads: int = typer.Option(2, help="torch threads."),
          params: Path = typer.Option(Path("params.yaml"), help="Its compare: (static + LR) and static.max_length.")) -> None:
     torch.set_num_threads(threads)
@@ -125,6 +127,8 @@ def main(task: str = typer.Option("mrpc", help="A pair task whose label and inpu
         if not needed.is_file():
             raise typer.BadParameter(f"{needed} is missing: run {stage} first", param_hint="--task/--table")
     labelled = pd.read_parquet(paths.labeled_file(task), columns=["text_a", "text_b", "is_original", "label", "logits"])
+    if originals_only:
+        labelled = labelled[labelled["is_original"]].reset_index(drop=True)
     featurize = Featurizer(table, p.static.max_length)
     train_pooled, train_aligned = featurize(train.texts_a, train.texts_b)  # fixes the standardisation
     dev_pooled, dev_aligned = featurize(dev.texts_a, dev.texts_b)
@@ -133,7 +137,8 @@ def main(task: str = typer.Option("mrpc", help="A pair task whose label and inpu
     set_gold = np.where(labelled["is_original"], labelled["label"], -1).astype(np.int64)
     static_lr = fit_on_gold(alternatives.StaticFeatures(str(table), True), train, p.compare)
     reference = 100 * float((static_lr.predict_proba(dev.texts_a, dev.texts_b, 512).argmax(-1) == dev.labels).mean())
-    result = {"task": task, "table": str(table), "transfer_rows": len(labelled), "gold_rows": len(train.labels),
+    result = {"task": task, "table": str(table), "originals_only": originals_only, "transfer_rows": len(labelled),
+              "gold_rows": len(train.labels),
               "static_lr_dev": round(reference, 2), "features_seconds": round(time.perf_counter() - start, 1)}
     seed_list = [int(s) for s in seeds.split(",")]
     scores = {}
