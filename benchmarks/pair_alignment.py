@@ -46,11 +46,14 @@ ALIGNMENT = ["a_best_mean", "b_best_mean", "a_best_min", "b_best_min", "a_share_
              "piece_jaccard", "bigram_jaccard", "length_difference", "best_mean_min"]
 
 
-def alignment(table: np.ndarray, ids_a: list[list[int]], ids_b: list[list[int]]) -> np.ndarray:
-    """The 10 ALIGNMENT features of each pair (zeros where a sentence has no pieces in the table)."""
-    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-6)
-    out = np.zeros((len(ids_a), len(ALIGNMENT)), np.float32)
-    for row, (a, b) in enumerate(zip(ids_a, ids_b)):
+def alignment(unit: np.ndarray, bag_a: tuple[np.ndarray, ...], bag_b: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The 10 ALIGNMENT features of each pair, from the rows of `unit` (the table, each row of length 1) that
+    Pieces.bags lists per sentence (zeros where a sentence has no pieces in the table)."""
+    (starts_a, pieces_a, _), (starts_b, pieces_b, _) = bag_a, bag_b
+    out = np.zeros((len(starts_a) - 1, len(ALIGNMENT)), np.float32)
+    for row in range(len(out)):
+        a = pieces_a[starts_a[row]:starts_a[row + 1]].tolist()
+        b = pieces_b[starts_b[row]:starts_b[row + 1]].tolist()
         if not a or not b:
             continue
         cosine = unit[a] @ unit[b].T
@@ -66,28 +69,30 @@ def alignment(table: np.ndarray, ids_a: list[list[int]], ids_b: list[list[int]])
 class Featurizer:
     def __init__(self, table_dir: Path, max_length: int):
         self.table = load_embeddings(table_dir)
+        self.unit = self.table / np.maximum(np.linalg.norm(self.table, axis=1, keepdims=True), 1e-6)
         self.pieces = Pieces(table_dir / "tokenizer.json", max_length, len(self.table))
         self.mean = self.scale = None
 
     def __call__(self, texts_a: list[str], texts_b: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(pooled pair features, alignment features standardised on the first call's rows)."""
-        pooled = pair_features(pool(self.table, self.pieces.bags(texts_a)), pool(self.table, self.pieces.bags(texts_b)))
-        ids = [[[i for i in e.ids if i < len(self.table)][:self.pieces.max_length]
-                for e in self.pieces.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-               for texts in (texts_a, texts_b)]
-        aligned = alignment(self.table, *ids)
+        """(pooled pair features, alignment features standardised on the first call's rows); each text is
+        tokenized once, its bag feeding both."""
+        bag_a, bag_b = self.pieces.bags(texts_a), self.pieces.bags(texts_b)
+        pooled = pair_features(pool(self.table, bag_a), pool(self.table, bag_b))
+        aligned = alignment(self.unit, bag_a, bag_b)
         if self.mean is None:
             self.mean, self.scale = aligned.mean(0), aligned.std(0) + 1e-6
         return pooled, (aligned - self.mean) / self.scale
 
 
-def train_head(x: np.ndarray, targets: np.ndarray, gold: np.ndarray, x_dev: np.ndarray, y_dev: np.ndarray, *,
-               distilled: bool, alpha: float, seed: int, epochs: int) -> float:
-    """Best dev accuracy over the epochs. targets: logits (distilled, MSE) or ignored; gold: labels, -1 = none."""
+def train_head(x: np.ndarray, logits: np.ndarray | None, gold: np.ndarray, x_dev: np.ndarray, y_dev: np.ndarray, *,
+               alpha: float, seed: int, epochs: int) -> float:
+    """Best dev accuracy over the epochs. logits: the teacher's (distilled: MSE, plus alpha times the cross-entropy
+    of the rows with a gold label) or None (hard-label: cross-entropy on gold); gold: labels, -1 = none."""
+    distilled = logits is not None
     torch.manual_seed(seed)
     head = nn.Sequential(nn.Linear(x.shape[1], 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, 2))
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
-    x, targets, gold = torch.from_numpy(x), torch.from_numpy(targets), torch.from_numpy(gold)
+    x, targets, gold = torch.from_numpy(x), torch.from_numpy(logits) if distilled else None, torch.from_numpy(gold)
     x_dev, best = torch.from_numpy(x_dev), 0.0
     for _ in range(epochs):
         head.train()
@@ -141,24 +146,22 @@ def main(task: str = typer.Option("mrpc", help="A pair task whose label and inpu
               "gold_rows": len(train.labels),
               "static_lr_dev": round(reference, 2), "features_seconds": round(time.perf_counter() - start, 1)}
     seed_list = [int(s) for s in seeds.split(",")]
+    # (hard-label rows, distilled rows, dev rows) per feature set
+    inputs = {"pooled": (train_pooled, set_pooled, dev_pooled),
+              "pooled+alignment": tuple(np.hstack(both) for both in ((train_pooled, train_aligned),
+                                                                       (set_pooled, set_aligned), (dev_pooled, dev_aligned)))}
     scores = {}
-    for features in ("pooled", "pooled+alignment"):
-        with_alignment = features.endswith("alignment")
-        pick = (lambda pooled, aligned: np.hstack([pooled, aligned]) if with_alignment else pooled)
-        x_dev = pick(dev_pooled, dev_aligned)
-        for kind in ("hard-label", "distilled"):
-            distilled = kind == "distilled"
-            x = pick(set_pooled, set_aligned) if distilled else pick(train_pooled, train_aligned)
-            targets = logits if distilled else np.zeros((len(x), 2), np.float32)
-            gold = set_gold if distilled else train.labels.astype(np.int64)
+    for features, (x_train, x_set, x_dev) in inputs.items():
+        for kind, x, targets, gold in (("hard-label", x_train, None, train.labels.astype(np.int64)),
+                                       ("distilled", x_set, logits, set_gold)):
             scores[f"{kind} {features}"] = [
                 100 * train_head(x.astype(np.float32), targets, gold, x_dev.astype(np.float32), dev.labels,
-                                 distilled=distilled, alpha=alpha, seed=seed, epochs=epochs) for seed in seed_list]
+                                 alpha=alpha, seed=seed, epochs=epochs) for seed in seed_list]
     for name, values in scores.items():
         result[name] = {**{k: v for k, v in describe(values).items() if k != "ci95"},
                         "seeds": dict(zip(map(str, seed_list), (round(v, 2) for v in values))),
                         "versus_static_lr": one_sample_t_test(values, reference)}
-    for features in ("pooled", "pooled+alignment"):
+    for features in inputs:
         result[f"distilled versus hard-label, {features}"] = paired_t_test(scores[f"distilled {features}"],
                                                                           scores[f"hard-label {features}"])
     result["seconds"] = round(time.perf_counter() - start, 1)
