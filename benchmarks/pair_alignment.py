@@ -84,6 +84,22 @@ class Featurizer:
         return pooled, (aligned - self.mean) / self.scale
 
 
+def pair_workspace(task: str, table: Path, params: Path) -> tuple:
+    """What the pair benchmarks (this one, pair_interaction.py) read from a workspace, checked: (params, the dev
+    split, the gold training split, the labelled transfer set, static + LR's dev predictions on `table`)."""
+    p, spec = load_params(params), get_task(task)
+    if not spec.is_pair:
+        raise typer.BadParameter(f"{task} is not a pair task", param_hint="--task")
+    raw = paths.raw_dir(task)
+    dev, train = scored_splits(spec, raw)[spec.selection_split], gold_train(spec, raw)
+    for needed, stage in ((paths.labeled_file(task), f"label@{task}"), (table / "tokenizer.json", f"inputs@{task}-static")):
+        if not needed.is_file():
+            raise typer.BadParameter(f"{needed} is missing: run {stage} first", param_hint="--task/--table")
+    labelled = pd.read_parquet(paths.labeled_file(task), columns=["text_a", "text_b", "is_original", "label", "logits"])
+    static_lr = fit_on_gold(alternatives.StaticFeatures(str(table), True), train, p.compare)
+    return p, dev, train, labelled, static_lr.predict_proba(dev.texts_a, dev.texts_b, 512).argmax(-1)
+
+
 def train_head(x: np.ndarray, logits: np.ndarray | None, gold: np.ndarray, x_dev: np.ndarray, y_dev: np.ndarray, *,
                alpha: float, seed: int, epochs: int) -> float:
     """Best dev accuracy over the epochs. logits: the teacher's (distilled: MSE, plus alpha times the cross-entropy
@@ -123,15 +139,8 @@ def main(task: str = typer.Option("mrpc", help="A pair task whose label and inpu
          threads: int = typer.Option(2, help="torch threads."),
          params: Path = typer.Option(Path("params.yaml"), help="Its compare: (static + LR) and static.max_length.")) -> None:
     torch.set_num_threads(threads)
-    p, spec = load_params(params), get_task(task)
-    if not spec.is_pair:
-        raise typer.BadParameter(f"{task} is not a pair task", param_hint="--task")
-    start, raw = time.perf_counter(), paths.raw_dir(task)
-    dev, train = scored_splits(spec, raw)[spec.selection_split], gold_train(spec, raw)
-    for needed, stage in ((paths.labeled_file(task), f"label@{task}"), (table / "tokenizer.json", f"inputs@{task}-static")):
-        if not needed.is_file():
-            raise typer.BadParameter(f"{needed} is missing: run {stage} first", param_hint="--task/--table")
-    labelled = pd.read_parquet(paths.labeled_file(task), columns=["text_a", "text_b", "is_original", "label", "logits"])
+    start = time.perf_counter()
+    p, dev, train, labelled, static_lr_votes = pair_workspace(task, table, params)
     if originals_only:
         labelled = labelled[labelled["is_original"]].reset_index(drop=True)
     featurize = Featurizer(table, p.static.max_length)
@@ -140,8 +149,7 @@ def main(task: str = typer.Option("mrpc", help="A pair task whose label and inpu
     set_pooled, set_aligned = featurize(labelled["text_a"].tolist(), labelled["text_b"].tolist())
     logits = np.stack(labelled["logits"].to_numpy()).astype(np.float32)
     set_gold = np.where(labelled["is_original"], labelled["label"], -1).astype(np.int64)
-    static_lr = fit_on_gold(alternatives.StaticFeatures(str(table), True), train, p.compare)
-    reference = 100 * float((static_lr.predict_proba(dev.texts_a, dev.texts_b, 512).argmax(-1) == dev.labels).mean())
+    reference = 100 * float((static_lr_votes == dev.labels).mean())
     result = {"task": task, "table": str(table), "originals_only": originals_only, "transfer_rows": len(labelled),
               "gold_rows": len(train.labels),
               "static_lr_dev": round(reference, 2), "features_seconds": round(time.perf_counter() - start, 1)}

@@ -37,19 +37,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 import typer
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from stages import paths
-from stages.compare import fit_on_gold, gold_train, scored_splits
-from stages.data.tasks import get_task
-from stages.models import alternatives
+from pair_alignment import pair_workspace  # this folder's sibling (the script's own folder is on sys.path)
 from stages.models.static_model import Pieces, load_embeddings
-from stages.params import load_params
 from stages.report.statistics import describe, majority_vote, mcnemar_test, one_sample_t_test, paired_t_test
 
 
@@ -167,15 +162,8 @@ def main(task: str = typer.Option("mrpc", help="A pair task whose label and inpu
          threads: int = typer.Option(2, help="torch threads."),
          params: Path = typer.Option(Path("params.yaml"), help="Its compare: section (static + LR).")) -> None:
     torch.set_num_threads(threads)
-    p, spec = load_params(params), get_task(task)
-    if not spec.is_pair:
-        raise typer.BadParameter(f"{task} is not a pair task", param_hint="--task")
-    start, raw = time.perf_counter(), paths.raw_dir(task)
-    dev, gold_split = scored_splits(spec, raw)[spec.selection_split], gold_train(spec, raw)
-    for needed, stage in ((paths.labeled_file(task), f"label@{task}"), (table / "tokenizer.json", f"inputs@{task}-static")):
-        if not needed.is_file():
-            raise typer.BadParameter(f"{needed} is missing: run {stage} first", param_hint="--task/--table")
-    labelled = pd.read_parquet(paths.labeled_file(task), columns=["text_a", "text_b", "is_original", "label", "logits"])
+    start = time.perf_counter()
+    _, dev, gold_split, labelled, reference_votes = pair_workspace(task, table, params)
     vectors = load_embeddings(table)
     pieces = Pieces(table / "tokenizer.json", max_length, len(vectors))
     data = {"hard-label": (Encoded(pieces, gold_split.texts_a, gold_split.texts_b), None,
@@ -184,8 +172,6 @@ def main(task: str = typer.Option("mrpc", help="A pair task whose label and inpu
                           np.stack(labelled["logits"].to_numpy()).astype(np.float32),
                           np.where(labelled["is_original"], labelled["label"], -1).astype(np.int64))}
     dev_data = Encoded(pieces, dev.texts_a, dev.texts_b)
-    static_lr = fit_on_gold(alternatives.StaticFeatures(str(table), True), gold_split, p.compare)
-    reference_votes = static_lr.predict_proba(dev.texts_a, dev.texts_b, 512).argmax(-1)
     reference = 100 * float((reference_votes == dev.labels).mean())
     result = {"task": task, "table": str(table), "transfer_rows": len(labelled), "gold_rows": len(gold_split.labels),
               "static_lr_dev": round(reference, 2),
