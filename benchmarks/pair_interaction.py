@@ -24,7 +24,7 @@ regression on the same table) the one-sample t of the seeds and the exact McNema
 hard-label vote, and the last model's pairs/s at batch 512 on `--threads` (PyTorch, dev pairs; a rough figure, not
 compare's timer).
 
-    python benchmarks/pair_interaction.py --task mrpc --table models/inputs/mrpc/static/base
+    python benchmarks/pair_interaction.py --task mrpc --table models/inputs/mrpc/static/base --seeds 1,2,3
 
 Run it in a workspace whose pipeline has run label@<task> and inputs@<task>-static (the table: the pretrained
 encoder's, base/, or the teacher's, models/inputs/<task>/static/).
@@ -38,13 +38,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import typer
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from pair_alignment import pair_workspace  # this folder's sibling (the script's own folder is on sys.path)
 from stages.models.static_model import Pieces, load_embeddings
+from stages.models.student_model import distill_loss
 from stages.report.statistics import describe, majority_vote, mcnemar_test, one_sample_t_test, paired_t_test
 
 
@@ -93,11 +93,10 @@ class Encoded:
     @staticmethod
     def _pad(pieces: Pieces, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         indptr, indices, _ = pieces.bags(texts)
-        lengths = np.maximum(np.diff(indptr), 1)
+        counts = np.diff(indptr)
+        lengths = np.maximum(counts, 1)
         ids = np.full((len(lengths), int(lengths.max())), pieces.rows, np.int64)
-        for row in range(len(lengths)):
-            piece_ids = indices[indptr[row]:indptr[row + 1]]
-            ids[row, :len(piece_ids)] = piece_ids
+        ids[np.arange(ids.shape[1])[None, :] < counts[:, None]] = indices  # row-major: each row's pieces in order
         return torch.from_numpy(ids), torch.from_numpy(lengths)
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -128,14 +127,9 @@ def train(table: np.ndarray, data: Encoded, logits: np.ndarray | None, gold: np.
     for _ in range(epochs):
         model.train()
         for rows in torch.randperm(len(data)).split(batch_size):
-            out, labels = model(*data.batch(rows)), gold_t[rows]
-            labelled = labels >= 0
-            if targets is None:
-                loss = F.cross_entropy(out, labels)
-            else:
-                loss = (1 - alpha) * (out - targets[rows]).pow(2).sum(-1).mean()
-                if alpha and labelled.any():
-                    loss = loss + alpha * F.cross_entropy(out[labelled], labels[labelled])
+            out = model(*data.batch(rows))
+            loss = (distill_loss(out, None, gold_t[rows], 1.0) if targets is None  # hard-label: cross-entropy alone
+                    else distill_loss(out, targets[rows], gold_t[rows], alpha))
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -150,8 +144,8 @@ def train(table: np.ndarray, data: Encoded, logits: np.ndarray | None, gold: np.
 def main(task: str = typer.Option("mrpc", help="A pair task whose label and inputs@<task>-static stages ran."),
          table: Path = typer.Option(Path("models/inputs/mrpc/static/base"), help="The static table's directory."),
          seeds: str = typer.Option("1,2,3", help="Comma-separated seeds."),
-         hard_epochs: int = typer.Option(20, help="Hard-label epochs over the gold pairs (the best dev epoch is kept)."),
-         distilled_epochs: int = typer.Option(6, help="Distilled epochs over the transfer set."),
+         hard_epochs: int = typer.Option(12, help="Hard-label epochs over the gold pairs (the best dev epoch is kept)."),
+         distilled_epochs: int = typer.Option(3, help="Distilled epochs over the transfer set."),
          alpha: float = typer.Option(0.5, help="Distilled: weight of the originals' gold cross-entropy."),
          batch_size: int = typer.Option(64, help="Pairs per step."),
          hidden: int = typer.Option(128, help="LSTM and projection width."),
