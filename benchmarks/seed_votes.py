@@ -4,12 +4,16 @@ seeds against TF-IDF + LR (or static + LR), and the McNemar p-value of every k-s
     python benchmarks/seed_votes.py --task rt --seeds 1-10 --k 5
     python benchmarks/seed_votes.py --task rt --seeds 1-10 --k 5 --set '{"hidden": 64, "dropout": 0.3, "lr": 0.005}'
     python benchmarks/seed_votes.py --task mrpc --arch static --seeds 1-5 --against static-lr --table pretrained
+    python benchmarks/seed_votes.py --task rt --seeds 1-10 --k 5 --augmented-share 0   # the originals alone
+    python benchmarks/seed_votes.py --task rt --seeds 1-10 --k 5 --saved models/student/rt/bilstm   # trained already
 
 Reads what `dvc repro compare@<task>` leaves (data/raw/<task>/, the labelled transfer set, models/inputs/<task>/<arch>/)
 and params.yaml. Trains the distilled student once per seed in this process with the student stage's own code
 (stages/student.py's train_bag_student; `--set` overrides the arch's knobs, `--distill-set` the `distill:` ones;
 `--table pretrained` trains a static student on the pretrained encoder's table, inputs/<task>/static/base/, in
-place of the fine-tuned teacher's), fits TF-IDF + LR (or, `--against static-lr`, static + LR on the pretrained
+place of the fine-tuned teacher's; `--augmented-share` keeps the originals and that share of the augmented rows,
+drawn with a fixed seed, to ask what the augmentation adds; `--saved DIR` trains nothing and scores the students
+already in DIR/seed-<n>/, of any arch, e.g. the BiLSTM students of several experiments copied into one folder), fits TF-IDF + LR (or, `--against static-lr`, static + LR on the pretrained
 table) on the gold training split as `compare` does (the `compare:` knobs), and prints JSON: per scored split (dev, and test where its labels
 are known) each seed's score, their mean ± sd, the one-sample t against TF-IDF + LR, the McNemar test of the vote
 of all the seeds, and over every k-seed subset the number whose vote passes p < 0.05, with the median, min and
@@ -27,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import torch
 import typer
 
@@ -51,6 +57,21 @@ def _seeds(text: str) -> list[int]:
     return out
 
 
+def _transfer_set(labeled: Path, share: float, folder: Path) -> tuple[Path, dict]:
+    """The labelled transfer set with every original and `share` of the augmented rows (all of them: the file
+    itself); its path and row counts."""
+    table = pq.read_table(labeled)
+    originals = table["is_original"].to_numpy(zero_copy_only=False)
+    augmented = np.flatnonzero(~originals)
+    kept = np.random.default_rng(0).choice(augmented, int(round(share * len(augmented))), replace=False)
+    counts = {"originals": int(originals.sum()), "augmented": len(kept)}
+    if len(kept) == len(augmented):
+        return labeled, counts
+    path = folder / "transfer.parquet"
+    pq.write_table(table.take(np.sort(np.concatenate([np.flatnonzero(originals), kept]))), path)
+    return path, counts
+
+
 def main(task: str = typer.Option("rt", help="Task whose splits, transfer set and inputs to use."),
          arch: str = typer.Option("ngram", help="ngram | static."),
          seeds: str = typer.Option("1-10", help="Seeds, e.g. 1-10 or 1,2,3."),
@@ -60,6 +81,10 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
          table: str = typer.Option("teacher", help="static only: teacher (the fine-tuned teacher's table, as the "
                                                    "student stage) | pretrained (inputs/<task>/static/base/)."),
          against: str = typer.Option("tfidf-lr", help="tfidf-lr | static-lr (the pretrained table, as compare)."),
+         augmented_share: float = typer.Option(1.0, help="Share of the transfer set's augmented rows kept (drawn "
+                                                         "with seed 0); the originals are always kept."),
+         saved: Path = typer.Option(None, help="Score the trained students in SAVED/seed-<n>/ (any arch) instead of "
+                                               "training bag students."),
          params: Path = typer.Option(Path("params.yaml"))) -> None:
     p, spec = load_params(params), get_task(task)
     seed_list = _seeds(seeds)
@@ -69,6 +94,8 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
         raise typer.BadParameter(f"--table {table}: teacher, or pretrained with --arch static")
     if against not in ("tfidf-lr", "static-lr"):
         raise typer.BadParameter(f"--against {against}: tfidf-lr or static-lr")
+    if not 0 <= augmented_share <= 1:
+        raise typer.BadParameter(f"--augmented-share {augmented_share}: must be between 0 and 1")
     knobs = getattr(p, arch).model_copy(update=json.loads(set_))
     distill = p.distill.model_copy(update=json.loads(distill_set))
     raw = paths.raw_dir(task)
@@ -82,17 +109,32 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
     inputs = embeddings_dir(static_inputs, teacher=False) if table == "pretrained" else paths.inputs_dir(task, arch)
     proba = {s: [] for s in splits}
     start = time.perf_counter()
-    for seed in seed_list:
-        with tempfile.TemporaryDirectory() as tmp:
-            train_bag_student(spec, arch, paths.labeled_file(task), raw, inputs, Path(tmp) / "m",
-                              knobs=knobs, distill=distill, device=torch.device("cpu"), seed=seed,
-                              use_teacher_logits=True,
-                              features_cache=paths.cache_dir("ngram-features") / task if arch == "ngram" else None)
-            student = load_predictor(Path(tmp) / "m")
-            for s, split in splits.items():
-                proba[s].append(student.predict_proba(split.texts_a, split.texts_b, 512))
+
+    def score(student) -> None:
+        for s, split in splits.items():
+            proba[s].append(student.predict_proba(split.texts_a, split.texts_b, 512))
+
+    rows = None
+    if saved is not None:
+        missing = [str(saved / f"seed-{seed}") for seed in seed_list if not (saved / f"seed-{seed}").is_dir()]
+        if missing:
+            raise typer.BadParameter(f"--saved {saved}: no student folder {', '.join(missing)}")
+        for seed in seed_list:
+            score(load_predictor(saved / f"seed-{seed}"))
+    else:
+        with tempfile.TemporaryDirectory() as kept:
+            transfer, rows = _transfer_set(paths.labeled_file(task), augmented_share, Path(kept))
+            for seed in seed_list:
+                with tempfile.TemporaryDirectory() as tmp:
+                    train_bag_student(spec, arch, transfer, raw, inputs, Path(tmp) / "m",
+                                      knobs=knobs, distill=distill, device=torch.device("cpu"), seed=seed,
+                                      use_teacher_logits=True,
+                                      features_cache=paths.cache_dir("ngram-features") / task if arch == "ngram" else None)
+                    score(load_predictor(Path(tmp) / "m"))
+
     out = {"task": task, "arch": arch, "knobs": json.loads(set_), "distill": json.loads(distill_set), "table": table,
-           "against": against, "seeds": seed_list, "k": k,
+           "against": against, "saved": str(saved) if saved else None, "augmented_share": augmented_share,
+           "transfer_rows": rows, "seeds": seed_list, "k": k,
            "train_seconds": round(time.perf_counter() - start, 1), "splits": {}}
     for s, split in splits.items():
         gold = split.labels
