@@ -40,7 +40,7 @@ from stages import paths
 from stages.compare import fit_on_gold, gold_train, scored_splits, tfidf_features
 from stages.data.tasks import get_task
 from stages.models import alternatives
-from stages.models.registry import load_predictor
+from stages.models.registry import load_predictor, student_arch
 from stages.models.static_model import embeddings_dir
 from stages.params import load_params
 from stages.report.statistics import majority_vote, mcnemar_test, one_sample_t_test
@@ -60,15 +60,14 @@ def _seeds(text: str) -> list[int]:
 def _transfer_set(labeled: Path, share: float, folder: Path) -> tuple[Path, dict]:
     """The labelled transfer set with every original and `share` of the augmented rows (all of them: the file
     itself); its path and row counts."""
-    table = pq.read_table(labeled)
-    originals = table["is_original"].to_numpy(zero_copy_only=False)
+    originals = pq.read_table(labeled, columns=["is_original"])["is_original"].to_numpy(zero_copy_only=False)
     augmented = np.flatnonzero(~originals)
     kept = np.random.default_rng(0).choice(augmented, int(round(share * len(augmented))), replace=False)
     counts = {"originals": int(originals.sum()), "augmented": len(kept)}
     if len(kept) == len(augmented):
         return labeled, counts
     path = folder / "transfer.parquet"
-    pq.write_table(table.take(np.sort(np.concatenate([np.flatnonzero(originals), kept]))), path)
+    pq.write_table(pq.read_table(labeled).take(np.sort(np.concatenate([np.flatnonzero(originals), kept]))), path)
     return path, counts
 
 
@@ -114,11 +113,12 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
         for s, split in splits.items():
             proba[s].append(student.predict_proba(split.texts_a, split.texts_b, 512))
 
-    rows = None
+    rows, archs = None, [arch]
     if saved is not None:
         missing = [str(saved / f"seed-{seed}") for seed in seed_list if not (saved / f"seed-{seed}").is_dir()]
         if missing:
             raise typer.BadParameter(f"--saved {saved}: no student folder {', '.join(missing)}")
+        archs = sorted({student_arch(saved / f"seed-{seed}") for seed in seed_list})
         for seed in seed_list:
             score(load_predictor(saved / f"seed-{seed}"))
     else:
@@ -132,7 +132,7 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
                                       features_cache=paths.cache_dir("ngram-features") / task if arch == "ngram" else None)
                     score(load_predictor(Path(tmp) / "m"))
 
-    out = {"task": task, "arch": arch, "knobs": json.loads(set_), "distill": json.loads(distill_set), "table": table,
+    out = {"task": task, "arch": ", ".join(archs), "knobs": json.loads(set_), "distill": json.loads(distill_set), "table": table,
            "against": against, "saved": str(saved) if saved else None, "augmented_share": augmented_share,
            "transfer_rows": rows, "seeds": seed_list, "k": k,
            "train_seconds": round(time.perf_counter() - start, 1), "splits": {}}
