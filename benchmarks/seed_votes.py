@@ -13,9 +13,10 @@ and params.yaml. Trains the distilled student once per seed in this process with
 `--table pretrained` trains a static student on the pretrained encoder's table, inputs/<task>/static/base/, in
 place of the fine-tuned teacher's; `--augmented-share` keeps the originals and that share of the augmented rows,
 drawn with a fixed seed, to ask what the augmentation adds; `--saved DIR` trains nothing and scores the students
-already in DIR/seed-<n>/, of any arch, e.g. the BiLSTM students of several experiments copied into one folder), fits TF-IDF + LR (or, `--against static-lr`, static + LR on the pretrained
-table) on the gold training split as `compare` does (the `compare:` knobs), and prints JSON: per scored split (dev, and test where its labels
-are known) each seed's score, their mean ± sd, the one-sample t against TF-IDF + LR, the McNemar test of the vote
+already in DIR/seed-<n>/, of any arch, e.g. the BiLSTM students of several experiments copied into one folder),
+fits TF-IDF + LR (or, `--against static-lr`, static + LR on the pretrained table) on the gold training split as
+`compare` does (the `compare:` knobs), and prints JSON: per scored split (dev, and test where its labels are
+known) each seed's score, their mean ± sd, the one-sample t against TF-IDF + LR, the McNemar test of the vote
 of all the seeds, and over every k-seed subset the number whose vote passes p < 0.05, with the median, min and
 max p-value (stages/report/statistics.py: majority_vote, mcnemar_test, as `compare` uses them).
 
@@ -129,10 +130,12 @@ def main(task: str = typer.Option("rt", help="Task whose splits, transfer set an
                     train_bag_student(spec, arch, transfer, raw, inputs, Path(tmp) / "m",
                                       knobs=knobs, distill=distill, device=torch.device("cpu"), seed=seed,
                                       use_teacher_logits=True,
-                                      features_cache=paths.cache_dir("ngram-features") / task if arch == "ngram" else None)
+                                      features_cache=(paths.cache_dir("ngram-features") / task
+                                                      if arch == "ngram" else None))
                     score(load_predictor(Path(tmp) / "m"))
 
-    out = {"task": task, "arch": ", ".join(archs), "knobs": json.loads(set_), "distill": json.loads(distill_set), "table": table,
+    out = {"task": task, "arch": ", ".join(archs), "knobs": json.loads(set_), "distill": json.loads(distill_set),
+           "table": table,
            "against": against, "saved": str(saved) if saved else None, "augmented_share": augmented_share,
            "transfer_rows": rows, "seeds": seed_list, "k": k,
            "train_seconds": round(time.perf_counter() - start, 1), "splits": {}}
